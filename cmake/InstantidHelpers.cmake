@@ -14,10 +14,14 @@ function(instantid_warnings target)
       target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>)
     endif()
   endif()
-  if(INSTANTID_SANITIZE)
+  if(INSTANTID_SANITIZE OR INSTANTID_FUZZ)
     target_compile_options(${target} PRIVATE
       $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all>)
     target_link_options(${target} PUBLIC -fsanitize=address,undefined)
+  endif()
+  if(INSTANTID_FUZZ AND CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    # Coverage feedback for libFuzzer from the parsers; tests/fuzz links the fuzzer runtime itself.
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=fuzzer-no-link>)
   endif()
 endfunction()
 
