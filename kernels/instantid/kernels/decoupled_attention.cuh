@@ -1,0 +1,451 @@
+#pragma once
+// Device templates of the fused decoupled cross-attention (see decoupled_attention.hpp for the
+// formula). Flash-attention-2 structure: a CTA owns 64 query rows of one (batch, head); each of
+// its 4 warps keeps 16 rows of q in registers and streams key/value tiles through
+// double-buffered shared memory (cp.async), scores and P·V on mma.sync m16n8k16 with fp32
+// accumulation and an online softmax per phase. Phases: the text keys, then each identity's
+// ip keys; each phase's output is normalised on its own and folded into the output accumulator
+// with its scale and mask, and the output is written once.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "instantid/kernels/decoupled_attention.hpp"
+
+namespace instantid::kernels {
+
+template <int kHeadDim>
+struct AttentionTile {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kRows = 16 * kWarps;                 // query rows per CTA
+  static constexpr int kKeys = kHeadDim == 64 ? 32 : 16;    // keys per shared-memory tile
+  static constexpr int kChunks = kHeadDim / 8;              // 16-byte chunks per row
+  static constexpr int kPhases = 1 + kMaxIdentities;
+  static constexpr int kMinBlocks = kHeadDim == 64 ? 4 : 2;  // CTAs per SM the registers must allow
+};
+
+namespace attention_detail {
+
+template <typename T>
+struct MmaType;
+template <>
+struct MmaType<__half> {
+  __device__ static std::uint32_t pack(float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<std::uint32_t*>(&h);
+  }
+  __device__ static float2 unpack(std::uint32_t bits) {
+    __half2 h = *reinterpret_cast<__half2*>(&bits);
+    return __half22float2(h);
+  }
+  __device__ static void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                             std::uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct MmaType<__nv_bfloat16> {
+  __device__ static std::uint32_t pack(float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<std::uint32_t*>(&h);
+  }
+  __device__ static float2 unpack(std::uint32_t bits) {
+    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&bits);
+    return __bfloat1622float2(h);
+  }
+  __device__ static void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                             std::uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ std::uint32_t smem_address(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; src_bytes == 0 zero-fills the destination without reading src.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
+               "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Element offset of (row, col) in a [rows, kHeadDim] tile whose 16-byte chunks are XOR-swizzled
+// by the row, so that ldmatrix's eight rows hit eight different bank groups.
+template <int kHeadDim>
+__device__ __forceinline__ int swizzle(int row, int col) {
+  const int chunk = (col >> 3) ^ (row & 7);
+  return row * kHeadDim + (chunk << 3) + (col & 7);
+}
+
+// Copies rows [0, count) of a [rows, kHeadDim] tile from global (row stride in elements); rows
+// in [count, kRowsTile) are zero-filled so that masked keys never multiply garbage.
+template <typename T, int kHeadDim, int kRowsTile, int kThreads>
+__device__ __forceinline__ void load_tile(T* smem, const T* src, std::int64_t row_stride,
+                                          int count) {
+  constexpr int kChunks = kHeadDim / 8;
+  for (int idx = threadIdx.x; idx < kRowsTile * kChunks; idx += kThreads) {
+    const int row = idx / kChunks;
+    const int chunk = idx % kChunks;
+    const bool valid = row < count;
+    const T* g = valid ? src + row * row_stride + chunk * 8 : src;
+    cp_async_16(smem + swizzle<kHeadDim>(row, chunk * 8), g, valid ? 16 : 0);
+  }
+}
+
+struct PhaseInfo {
+  const void* k;
+  const void* v;
+  std::int64_t k_stride;
+  std::int64_t v_stride;
+  int count;   // keys in this phase
+  int tiles;   // key tiles
+  float scale;
+  const float* mask;
+  int mask_rows;
+};
+
+}  // namespace attention_detail
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTile<kHeadDim>::kMinBlocks)
+    decoupled_attention_kernel(const DecoupledAttentionParams p) {
+  using Tile = AttentionTile<kHeadDim>;
+  using Mma = attention_detail::MmaType<T>;
+  using attention_detail::PhaseInfo;
+  constexpr int kKeys = Tile::kKeys;
+  constexpr int kKSteps = kHeadDim / 16;   // k-steps of q·kᵀ
+  constexpr int kDTiles = kHeadDim / 8;    // n-tiles of the output
+  constexpr int kKeyTiles = kKeys / 8;     // n-tiles of the scores
+  constexpr int kKeyBlocks = kKeys / 16;   // 16-key blocks (k-steps of P·V)
+
+  __shared__ __align__(128) T s_q[Tile::kRows * kHeadDim];        // [64, d], swizzled
+  __shared__ __align__(128) T s_k[2][kKeys * kHeadDim];           // [stage][keys, d]
+  __shared__ __align__(128) T s_v[2][kKeys * kHeadDim];
+  __shared__ PhaseInfo s_phase[Tile::kPhases];
+  __shared__ int s_num_phases;
+
+  const int row0 = blockIdx.x * Tile::kRows;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const std::int64_t head_col = static_cast<std::int64_t>(h) * kHeadDim;
+
+  if (threadIdx.x == 0) {
+    int n = 0;
+    if (p.include_text) {
+      PhaseInfo& ph = s_phase[n++];
+      ph.k = static_cast<const T*>(p.k) + b * p.k_batch_stride + head_col;
+      ph.v = static_cast<const T*>(p.v) + b * p.v_batch_stride + head_col;
+      ph.k_stride = p.k_row_stride;
+      ph.v_stride = p.v_row_stride;
+      ph.count = p.text_len;
+      ph.scale = 1.0f;
+      ph.mask = nullptr;
+      ph.mask_rows = 0;
+    }
+    const int chunk = b / p.images_per_chunk;
+    const int uncond = chunk < 64 ? static_cast<int>((p.uncond_chunks >> chunk) & 1u) : 0;
+    for (int i = 0; i < p.num_identities; ++i) {
+      PhaseInfo& ph = s_phase[n++];
+      ph.k = static_cast<const T*>(p.ip[i].k[uncond]) + head_col;
+      ph.v = static_cast<const T*>(p.ip[i].v[uncond]) + head_col;
+      ph.k_stride = p.ip[i].row_stride;
+      ph.v_stride = p.ip[i].row_stride;
+      ph.count = p.ip[i].tokens;
+      ph.scale = p.ip[i].scale;
+      ph.mask = p.ip[i].mask;
+      ph.mask_rows = p.ip[i].mask_rows;
+    }
+    for (int i = 0; i < n; ++i) s_phase[i].tiles = (s_phase[i].count + kKeys - 1) / kKeys;
+    s_num_phases = n;
+  }
+
+  // q rows of this CTA (rows past N are zero-filled and never stored).
+  {
+    const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + row0 * p.q_row_stride +
+                 head_col;
+    attention_detail::load_tile<T, kHeadDim, Tile::kRows, Tile::kThreads>(
+        s_q, q, p.q_row_stride, p.queries - row0);
+  }
+  __syncthreads();  // s_phase visible
+
+  const int num_phases = s_num_phases;
+  int total_tiles = 0;
+  for (int i = 0; i < num_phases; ++i) total_tiles += s_phase[i].tiles;
+
+  auto issue_tile = [&](int phase, int tile, int stage) {
+    const PhaseInfo& ph = s_phase[phase];
+    const int first = tile * kKeys;
+    const int count = min(kKeys, ph.count - first);
+    attention_detail::load_tile<T, kHeadDim, kKeys, Tile::kThreads>(
+        s_k[stage], static_cast<const T*>(ph.k) + first * ph.k_stride, ph.k_stride, count);
+    attention_detail::load_tile<T, kHeadDim, kKeys, Tile::kThreads>(
+        s_v[stage], static_cast<const T*>(ph.v) + first * ph.v_stride, ph.v_stride, count);
+  };
+
+  float out_acc[kDTiles][4];
+  float o_acc[kDTiles][4];
+#pragma unroll
+  for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) out_acc[j][e] = 0.0f;
+  }
+  std::uint32_t q_frag[kKSteps][4];
+
+  // Rows of this thread in the C fragments: r and r + 8 of the warp's 16.
+  const int warp_row = warp * 16;
+  const int my_row = lane / 4;
+  const int my_col = (lane % 4) * 2;
+  // log2(e) / sqrt(d): scores go straight to exp2.
+  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
+
+  int next_phase = 0, next_tile = 0;  // the tile to issue next
+  if (total_tiles > 0) {
+    issue_tile(0, 0, 0);
+    if (++next_tile == s_phase[0].tiles) { ++next_phase; next_tile = 0; }
+  }
+  attention_detail::cp_async_commit();
+
+  int phase = 0, tile = 0;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.0f, 0.0f};
+  for (int t = 0; t < total_tiles; ++t) {
+    const int stage = t & 1;
+    if (t + 1 < total_tiles) {
+      issue_tile(next_phase, next_tile, stage ^ 1);
+      if (++next_tile == s_phase[next_phase].tiles) { ++next_phase; next_tile = 0; }
+      attention_detail::cp_async_commit();
+      attention_detail::cp_async_wait<1>();
+    } else {
+      attention_detail::cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    if (t == 0) {
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        const int r = warp_row + (lane % 16);
+        const int c = kk * 16 + (lane / 16) * 8;
+        attention_detail::ldmatrix_x4(q_frag[kk], s_q + attention_detail::swizzle<kHeadDim>(r, c));
+      }
+    }
+    if (tile == 0) {
+#pragma unroll
+      for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o_acc[j][e] = 0.0f;
+      }
+      m_run[0] = m_run[1] = -INFINITY;
+      l_run[0] = l_run[1] = 0.0f;
+    }
+    const PhaseInfo& ph = s_phase[phase];
+    const int valid = min(kKeys, ph.count - tile * kKeys);
+    const T* sk = s_k[stage];
+    const T* sv = s_v[stage];
+
+    // S = q·kᵀ over the 16-key blocks that hold at least one valid key.
+    float s[kKeyTiles][4];
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kb = 0; kb < kKeyBlocks; ++kb) {
+      if (kb * 16 < valid) {
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+          std::uint32_t bfrag[4];
+          const int key = kb * 16 + (lane % 8) + (lane / 16) * 8;
+          const int c = kk * 16 + ((lane / 8) % 2) * 8;
+          attention_detail::ldmatrix_x4(bfrag, sk + attention_detail::swizzle<kHeadDim>(key, c));
+          Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
+          Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+        }
+      }
+    }
+
+    // Online softmax (rows my_row and my_row + 8), masked keys at -inf.
+    float m_tile[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = j * 8 + my_col + (e & 1);
+        s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
+        m_tile[e / 2] = fmaxf(m_tile[e / 2], s[j][e]);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 1));
+      m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 2));
+      const float m_new = fmaxf(m_run[r], m_tile[r]);
+      alpha[r] = attention_detail::fast_exp2(m_run[r] - m_new);
+      m_run[r] = m_new;
+      l_run[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] = attention_detail::fast_exp2(s[j][e] - m_run[e / 2]);
+        l_run[e / 2] += s[j][e];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kDTiles; ++j) {
+      o_acc[j][0] *= alpha[0];
+      o_acc[j][1] *= alpha[0];
+      o_acc[j][2] *= alpha[1];
+      o_acc[j][3] *= alpha[1];
+    }
+
+    // O += P·V; P rounded to T (the A operand), V read transposed by ldmatrix.
+#pragma unroll
+    for (int kb = 0; kb < kKeyBlocks; ++kb) {
+      if (kb * 16 < valid) {
+        std::uint32_t a[4];
+        a[0] = Mma::pack(s[2 * kb][0], s[2 * kb][1]);
+        a[1] = Mma::pack(s[2 * kb][2], s[2 * kb][3]);
+        a[2] = Mma::pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+        a[3] = Mma::pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < kDTiles / 2; ++dp) {
+          std::uint32_t bfrag[4];
+          const int key = kb * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+          const int c = dp * 16 + (lane / 16) * 8;
+          attention_detail::ldmatrix_x4_trans(bfrag,
+                                              sv + attention_detail::swizzle<kHeadDim>(key, c));
+          Mma::mma(o_acc[2 * dp], a, bfrag[0], bfrag[1]);
+          Mma::mma(o_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
+        }
+      }
+    }
+
+    if (++tile == ph.tiles) {
+      // Phase done: fold s · M / l · O into the output.
+      float factor[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float l = l_run[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        factor[r] = ph.scale / l;
+        if (ph.mask != nullptr) {
+          const int n = row0 + warp_row + my_row + r * 8;
+          const int mrow = min(b % p.images_per_chunk, ph.mask_rows - 1);
+          factor[r] *= n < p.queries ? ph.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
+                                     : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kDTiles; ++j) {
+        out_acc[j][0] += factor[0] * o_acc[j][0];
+        out_acc[j][1] += factor[0] * o_acc[j][1];
+        out_acc[j][2] += factor[1] * o_acc[j][2];
+        out_acc[j][3] += factor[1] * o_acc[j][3];
+      }
+      ++phase;
+      tile = 0;
+    }
+    __syncthreads();  // stage is refilled by the next iteration's issue
+  }
+
+  // "Add ip only": the previous out joins the fp32 sum, so the result is rounded once.
+  T* out = static_cast<T*>(p.out) + b * p.out_batch_stride + head_col;
+  if (!p.include_text) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int n = row0 + warp_row + my_row + r * 8;
+      if (n < p.queries) {
+#pragma unroll
+        for (int j = 0; j < kDTiles; ++j) {
+          const float2 old = Mma::unpack(
+              *reinterpret_cast<const std::uint32_t*>(out + n * p.out_row_stride + j * 8 + my_col));
+          out_acc[j][2 * r] += old.x;
+          out_acc[j][2 * r + 1] += old.y;
+        }
+      }
+    }
+  }
+
+  // Stage the warp's 16 rows through its own rows of s_q (no longer read), then store 16 bytes
+  // per thread.
+  if (total_tiles == 0) {
+    attention_detail::cp_async_wait<0>();
+    __syncthreads();  // every thread's q copies have landed before s_q is overwritten
+  }
+#pragma unroll
+  for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp_row + my_row + r * 8;
+      const int col = j * 8 + my_col;
+      *reinterpret_cast<std::uint32_t*>(s_q + attention_detail::swizzle<kHeadDim>(row, col)) =
+          Mma::pack(out_acc[j][2 * r], out_acc[j][2 * r + 1]);
+    }
+  }
+  __syncwarp();
+  constexpr int kWarpChunks = 16 * Tile::kChunks;
+#pragma unroll
+  for (int idx = lane; idx < kWarpChunks; idx += 32) {
+    const int row = warp_row + idx / Tile::kChunks;
+    const int chunk = idx % Tile::kChunks;
+    const int n = row0 + row;
+    if (n < p.queries) {
+      *reinterpret_cast<uint4*>(out + n * p.out_row_stride + chunk * 8) =
+          *reinterpret_cast<const uint4*>(s_q + attention_detail::swizzle<kHeadDim>(row, chunk * 8));
+    }
+  }
+}
+
+template <typename T, int kHeadDim>
+cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
+                                       cudaStream_t stream) noexcept {
+  const cudaError_t status = check_decoupled_attention(params);
+  if (status != cudaSuccess) return status;
+  using Tile = AttentionTile<kHeadDim>;
+  const dim3 grid((params.queries + Tile::kRows - 1) / Tile::kRows, params.heads, params.batch);
+  decoupled_attention_kernel<T, kHeadDim><<<grid, Tile::kThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace instantid::kernels

@@ -1,0 +1,7 @@
+// Explicit instantiation: decoupled attention, bf16, head dim 64.
+#include "instantid/kernels/decoupled_attention.cuh"
+
+namespace instantid::kernels {
+template cudaError_t launch_decoupled_attention<__nv_bfloat16, 64>(const DecoupledAttentionParams&,
+                                                            cudaStream_t) noexcept;
+}  // namespace instantid::kernels

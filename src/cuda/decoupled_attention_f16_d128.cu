@@ -1,0 +1,7 @@
+// Explicit instantiation: decoupled attention, f16, head dim 128.
+#include "instantid/kernels/decoupled_attention.cuh"
+
+namespace instantid::kernels {
+template cudaError_t launch_decoupled_attention<__half, 128>(const DecoupledAttentionParams&,
+                                                            cudaStream_t) noexcept;
+}  // namespace instantid::kernels

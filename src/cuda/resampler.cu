@@ -1,0 +1,281 @@
+// GPU Resampler: cuBLAS float32 GEMMs and the small kernels between them (spec §3).
+#include "cuda/resampler.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace instantid::cuda {
+
+namespace {
+
+constexpr int kNormThreads = 256;
+constexpr int kMaxKeys = 64;     // perceiver keys per batch row held in shared memory (T + 16)
+constexpr int kAttnDimHead = 64;
+
+// dst[r, :] = src[r % src_rows, :] for r < rows.
+__global__ void broadcast_rows_kernel(float* dst /*[rows, cols]*/, const float* src /*[src_rows, cols]*/,
+                                      int rows, int src_rows, int cols) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<std::int64_t>(rows) * cols) return;
+  const std::int64_t r = i / cols;
+  const std::int64_t c = i % cols;
+  dst[i] = src[(r % src_rows) * cols + c];
+}
+
+// LayerNorm (eps 1e-5, biased variance, two-pass in fp32) of each row of `in`. Row r goes to row
+// (r / group) * out_group_stride + out_offset + r % group of out, and of out2 (row r) when set.
+__global__ void layer_norm_kernel(const float* in /*[rows, cols]*/, const float* weight,
+                                  const float* bias, int cols, int group, int out_group_stride,
+                                  int out_offset, float* out, float* out2) {
+  __shared__ float partial[kNormThreads / 32];
+  __shared__ float stat;
+  const int r = blockIdx.x;
+  const float* x = in + static_cast<std::int64_t>(r) * cols;
+  auto block_sum = [&](float v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float s = 0.0f;
+      for (int w = 0; w < kNormThreads / 32; ++w) s += partial[w];
+      stat = s;
+    }
+    __syncthreads();
+    const float result = stat;
+    __syncthreads();
+    return result;
+  };
+  float sum = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) sum += x[c];
+  const float mean = block_sum(sum) / static_cast<float>(cols);
+  float sq = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
+    const float d = x[c] - mean;
+    sq += d * d;
+  }
+  const float inv = rsqrtf(block_sum(sq) / static_cast<float>(cols) + 1e-5f);
+  const std::int64_t out_row = static_cast<std::int64_t>(r / group) * out_group_stride +
+                               out_offset + r % group;
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
+    const float y = (x[c] - mean) * inv * weight[c] + bias[c];
+    out[out_row * cols + c] = y;
+    if (out2 != nullptr) out2[static_cast<std::int64_t>(r) * cols + c] = y;
+  }
+}
+
+__global__ void gelu_erf_kernel(float* x, std::int64_t n) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) {
+    const float v = x[i];
+    x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  }
+}
+
+// Perceiver attention of one (batch row, head): 16 queries over keys = T input tokens then the
+// 16 latents; one warp per query, two dims per lane; scores and softmax in fp32.
+__global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
+                                           const float* kv /*[B*(T+16), 2*inner]*/,
+                                           float* out /*[B*16, inner]*/, int num_queries,
+                                           int keys, int inner, float scale) {
+  __shared__ float s_k[kMaxKeys][kAttnDimHead];
+  __shared__ float s_v[kMaxKeys][kAttnDimHead];
+  const int b = blockIdx.x;
+  const int h = blockIdx.y;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int warps = blockDim.x / 32;
+  for (int i = threadIdx.x; i < keys * kAttnDimHead; i += blockDim.x) {
+    const int j = i / kAttnDimHead;
+    const int d = i % kAttnDimHead;
+    const float* row = kv + (static_cast<std::int64_t>(b) * keys + j) * 2 * inner;
+    s_k[j][d] = row[h * kAttnDimHead + d];
+    s_v[j][d] = row[inner + h * kAttnDimHead + d];
+  }
+  __syncthreads();
+  for (int qi = warp; qi < num_queries; qi += warps) {
+    const float* qrow = q + (static_cast<std::int64_t>(b) * num_queries + qi) * inner +
+                        h * kAttnDimHead;
+    const float q0 = qrow[lane], q1 = qrow[lane + 32];
+    float scores[kMaxKeys];
+    float m = -INFINITY;
+    for (int j = 0; j < keys; ++j) {
+      float s = q0 * s_k[j][lane] + q1 * s_k[j][lane + 32];
+      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+      scores[j] = s * scale;
+      m = fmaxf(m, scores[j]);
+    }
+    float l = 0.0f, o0 = 0.0f, o1 = 0.0f;
+    for (int j = 0; j < keys; ++j) {
+      const float p = expf(scores[j] - m);
+      l += p;
+      o0 += p * s_v[j][lane];
+      o1 += p * s_v[j][lane + 32];
+    }
+    float* orow = out + (static_cast<std::int64_t>(b) * num_queries + qi) * inner +
+                  h * kAttnDimHead;
+    orow[lane] = o0 / l;
+    orow[lane + 32] = o1 / l;
+  }
+}
+
+unsigned blocks_for(std::int64_t n, int threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+}  // namespace
+
+GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
+                           const ResamplerWeights& weights, int max_batch, int max_tokens)
+    : layout_(layout), output_dim_(output_dim), max_batch_(max_batch), max_tokens_(max_tokens) {
+  const int dim = layout.dim, inner = layout.heads * layout.dim_head, ff = layout.dim * layout.ff_mult;
+  INSTANTID_CHECK(layout.dim_head == kAttnDimHead, "GpuResampler: dim_head: got ", layout.dim_head,
+                  ", expected ", kAttnDimHead);
+  INSTANTID_CHECK(max_tokens >= 1 && max_tokens + layout.num_queries <= kMaxKeys,
+                  "GpuResampler: tokens per input: got ", max_tokens, ", expected 1..",
+                  kMaxKeys - layout.num_queries);
+  INSTANTID_CHECK(max_batch >= 1, "GpuResampler: max_batch: got ", max_batch, ", expected >= 1");
+
+  struct Entry {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    const float** slot;
+  };
+  std::vector<Entry> entries = {
+      {"latents", {1, layout.num_queries, dim}, &latents_},
+      {"proj_in.weight", {dim, layout.embed_dim}, &proj_in_w_},
+      {"proj_in.bias", {dim}, &proj_in_b_},
+      {"proj_out.weight", {output_dim, dim}, &proj_out_w_},
+      {"proj_out.bias", {output_dim}, &proj_out_b_},
+      {"norm_out.weight", {output_dim}, &norm_out_w_},
+      {"norm_out.bias", {output_dim}, &norm_out_b_},
+  };
+  layers_.resize(static_cast<std::size_t>(layout.depth));
+  for (int i = 0; i < layout.depth; ++i) {
+    Layer& l = layers_[static_cast<std::size_t>(i)];
+    const std::string p = "layers." + std::to_string(i) + ".";
+    entries.push_back({p + "0.norm1.weight", {dim}, &l.norm1_w});
+    entries.push_back({p + "0.norm1.bias", {dim}, &l.norm1_b});
+    entries.push_back({p + "0.norm2.weight", {dim}, &l.norm2_w});
+    entries.push_back({p + "0.norm2.bias", {dim}, &l.norm2_b});
+    entries.push_back({p + "0.to_q.weight", {inner, dim}, &l.to_q});
+    entries.push_back({p + "0.to_kv.weight", {2 * inner, dim}, &l.to_kv});
+    entries.push_back({p + "0.to_out.weight", {dim, inner}, &l.to_out});
+    entries.push_back({p + "1.0.weight", {dim}, &l.ff_norm_w});
+    entries.push_back({p + "1.0.bias", {dim}, &l.ff_norm_b});
+    entries.push_back({p + "1.1.weight", {ff, dim}, &l.ff_w1});
+    entries.push_back({p + "1.3.weight", {dim, ff}, &l.ff_w3});
+  }
+  std::size_t total = 0;
+  std::vector<const HostTensor*> tensors;
+  for (const Entry& e : entries) {
+    const HostTensor& t = weights(e.name);
+    if (t.shape() != e.shape && !(e.name == "latents" && t.numel() == layout.num_queries * dim)) {
+      throw_mismatch("GpuResampler: shape of image_proj." + e.name, t.shape_str(),
+                     shape_string(e.shape));
+    }
+    tensors.push_back(&t);
+    total += static_cast<std::size_t>(t.numel() + 63) / 64 * 64;  // 256-byte aligned slices
+  }
+  weights_ = DeviceBuffer(total * sizeof(float));
+  std::size_t offset = 0;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    float* dst = weights_.as<float>() + offset;
+    check_cuda(cudaMemcpy(dst, tensors[i]->data(), tensors[i]->numel() * sizeof(float),
+                          cudaMemcpyHostToDevice),
+               "GpuResampler: weight upload");
+    *entries[i].slot = dst;
+    offset += static_cast<std::size_t>(tensors[i]->numel() + 63) / 64 * 64;
+  }
+
+  const std::int64_t rows = static_cast<std::int64_t>(max_batch) * layout.num_queries;
+  const std::int64_t kv_rows = static_cast<std::int64_t>(max_batch) * (max_tokens + layout.num_queries);
+  const std::int64_t sizes[] = {static_cast<std::int64_t>(max_batch) * max_tokens * dim,  // x_proj
+                                rows * dim,           // latents
+                                rows * dim,           // ln
+                                kv_rows * dim,        // kv_in
+                                rows * inner,         // q
+                                kv_rows * 2 * inner,  // kv
+                                rows * inner,         // attn
+                                rows * ff,            // ff
+                                rows * output_dim};   // pre_out
+  float** slots[] = {&x_proj_, &latents_buf_, &ln_, &kv_in_, &q_, &kv_, &attn_, &ff_, &pre_out_};
+  std::int64_t ws_total = 0;
+  for (std::int64_t s : sizes) ws_total += (s + 63) / 64 * 64;
+  workspace_ = DeviceBuffer(static_cast<std::size_t>(ws_total) * sizeof(float));
+  std::int64_t ws_offset = 0;
+  for (std::size_t i = 0; i < 9; ++i) {
+    *slots[i] = workspace_.as<float>() + ws_offset;
+    ws_offset += (sizes[i] + 63) / 64 * 64;
+  }
+
+  check_cublas(cublasCreate(&cublas_), "cublasCreate");
+  // A user workspace keeps cuBLAS from allocating inside stream capture.
+  cublas_workspace_ = DeviceBuffer(std::size_t{4} << 20);
+  check_cublas(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()),
+               "cublasSetWorkspace");
+  check_cublas(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+}
+
+GpuResampler::~GpuResampler() {
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+}
+
+std::size_t GpuResampler::device_bytes() const {
+  return weights_.bytes() + workspace_.bytes() + cublas_workspace_.bytes();
+}
+
+// c [rows, out] (row-major) = a [rows, in] · wᵀ (w [out, in] row-major) + beta · c.
+void GpuResampler::gemm(const float* a, const float* w, float* c, int rows, int out_features,
+                        int in_features, float beta) {
+  const float alpha = 1.0f;
+  check_cublas(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in_features,
+                           &alpha, w, in_features, a, in_features, &beta, c, out_features),
+               "GpuResampler: cublasSgemm");
+}
+
+void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaStream_t stream) {
+  INSTANTID_CHECK(batch >= 1 && batch <= max_batch_, "GpuResampler::run: batch: got ", batch,
+                  ", expected 1..", max_batch_);
+  INSTANTID_CHECK(tokens >= 1 && tokens <= max_tokens_, "GpuResampler::run: tokens: got ", tokens,
+                  ", expected 1..", max_tokens_);
+  check_cublas(cublasSetStream(cublas_, stream), "cublasSetStream");
+  const int dim = layout_.dim, inner = layout_.heads * layout_.dim_head;
+  const int ff = layout_.dim * layout_.ff_mult, nq = layout_.num_queries;
+  const int rows = batch * nq, x_rows = batch * tokens, keys = tokens + nq;
+  constexpr int kThreads = 256;
+
+  broadcast_rows_kernel<<<blocks_for(static_cast<std::int64_t>(x_rows) * dim, kThreads), kThreads,
+                          0, stream>>>(x_proj_, proj_in_b_, x_rows, 1, dim);
+  gemm(x, proj_in_w_, x_proj_, x_rows, dim, layout_.embed_dim, 1.0f);
+  broadcast_rows_kernel<<<blocks_for(static_cast<std::int64_t>(rows) * dim, kThreads), kThreads, 0,
+                          stream>>>(latents_buf_, latents_, rows, nq, dim);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(layout_.dim_head));
+  for (const Layer& l : layers_) {
+    // kv_in per batch row: the T normalised inputs, then the 16 normalised latents.
+    layer_norm_kernel<<<x_rows, kNormThreads, 0, stream>>>(x_proj_, l.norm1_w, l.norm1_b, dim,
+                                                           tokens, keys, 0, kv_in_, nullptr);
+    layer_norm_kernel<<<rows, kNormThreads, 0, stream>>>(latents_buf_, l.norm2_w, l.norm2_b, dim,
+                                                         nq, keys, tokens, kv_in_, ln_);
+    gemm(ln_, l.to_q, q_, rows, inner, dim, 0.0f);
+    gemm(kv_in_, l.to_kv, kv_, batch * keys, 2 * inner, dim, 0.0f);
+    perceiver_attention_kernel<<<dim3(batch, layout_.heads), 256, 0, stream>>>(q_, kv_, attn_, nq,
+                                                                             keys, inner, scale);
+    gemm(attn_, l.to_out, latents_buf_, rows, dim, inner, 1.0f);
+    layer_norm_kernel<<<rows, kNormThreads, 0, stream>>>(latents_buf_, l.ff_norm_w, l.ff_norm_b,
+                                                         dim, rows, 0, 0, ln_, nullptr);
+    gemm(ln_, l.ff_w1, ff_, rows, ff, dim, 0.0f);
+    gelu_erf_kernel<<<blocks_for(static_cast<std::int64_t>(rows) * ff, kThreads), kThreads, 0,
+                      stream>>>(ff_, static_cast<std::int64_t>(rows) * ff);
+    gemm(ff_, l.ff_w3, latents_buf_, rows, dim, ff, 1.0f);
+  }
+  broadcast_rows_kernel<<<blocks_for(static_cast<std::int64_t>(rows) * output_dim_, kThreads),
+                          kThreads, 0, stream>>>(pre_out_, proj_out_b_, rows, 1, output_dim_);
+  gemm(latents_buf_, proj_out_w_, pre_out_, rows, output_dim_, dim, 1.0f);
+  layer_norm_kernel<<<rows, kNormThreads, 0, stream>>>(pre_out_, norm_out_w_, norm_out_b_,
+                                                       output_dim_, rows, 0, 0, out, nullptr);
+  check_cuda(cudaGetLastError(), "GpuResampler: kernel launch");
+}
+
+}  // namespace instantid::cuda
