@@ -54,3 +54,27 @@ TEST_CASE("Real SCRFD and MobileFaceNet models match onnxruntime (CPU)", "[onnx]
     }
   }
 }
+
+TEST_CASE("Small IResNet (spec §11 structure) matches PyTorch", "[onnx][models]") {
+  Executor e = Executor::load(t::data_path("onnx/iresnet_small.onnx"));
+  REQUIRE(e.inputs().size() == 1);
+  CHECK(e.inputs()[0].name == "data");
+  CHECK(e.inputs()[0].dims == std::vector<std::int64_t>{-1, 3, 112, 112});
+  CHECK(e.inputs()[0].dim_params[0] == "None");
+  const auto golden = t::read_safetensors_f32(t::data_path("onnx/iresnet_small.safetensors"));
+  const HostTensor& x = golden.at("input");
+  const HostTensor& want = golden.at("output");
+  const auto out = e.run({x});
+  REQUIRE(out.size() == 1);
+  REQUIRE(out[0].shape() == want.shape());
+  const t::Diff d = t::compare(out[0], want);
+  CAPTURE(d.max_abs, d.rel_l2);
+  CHECK(d.rel_l2 <= 1e-5);
+  // Batch rows are independent: the second image alone gives the second row.
+  HostTensor second({1, 3, 112, 112});
+  std::copy(x.data() + 3 * 112 * 112, x.data() + 2 * 3 * 112 * 112, second.data());
+  const auto one = e.run({second});
+  for (std::int64_t k = 0; k < want.size(1); ++k) {
+    CHECK(one[0].data()[k] == Approx(out[0].data()[want.size(1) + k]).margin(1e-5));
+  }
+}
