@@ -52,7 +52,9 @@ struct SigmaRange {
 class DiscreteSchedule {
  public:
   DiscreteSchedule();
-  // p <= 0 → 999999999.9; p >= 1 → 0; else log-linear interpolation in float32.
+  // p <= 0 → 999999999.9; p >= 1 → 0; else log-linear interpolation in float32, with exp
+  // computed as PyTorch's CPU kernel does (SLEEF expf_u10), so results equal ComfyUI's bit for bit.
+  // Throws Error for NaN.
   float percent_to_sigma(float percent) const;
   const std::vector<float>& sigmas() const { return sigmas_; }
   const std::vector<float>& log_sigmas() const { return log_sigmas_; }
