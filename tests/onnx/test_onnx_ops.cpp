@@ -462,3 +462,14 @@ TEST_CASE("Run-time input errors: count, rank, shape, NaN, broadcasting", "[onnx
   REQUIRE_THROWS_WITH(ce.run({HostTensor({3}), HostTensor({4})}),
                       Contains("'adder' (Add)") && Contains("[3] and [4] are not broadcastable"));
 }
+
+#ifndef INSTANTID_HAS_CUDA
+TEST_CASE("A build without CUDA refuses the cuda device", "[onnx][errors]") {
+  GraphBuilder b;
+  b.input("x", {1, 4}).output("y");
+  b.node("Relu", {"x"}, {"y"});
+  instantid::onnx::ExecutorOptions o;
+  o.device = instantid::Device{instantid::DeviceType::kCuda, 0};
+  REQUIRE_THROWS_WITH(b.build(o), Contains("no CUDA backend"));
+}
+#endif
