@@ -1,6 +1,9 @@
 #include "instantid/model.hpp"
 
+#include <algorithm>
 #include <cstring>
+#include <exception>
+#include <thread>
 #include <utility>
 
 #include "instantid/checkpoint.hpp"
@@ -11,6 +14,8 @@ namespace instantid {
 namespace {
 
 using ShapeMap = std::map<std::string, std::vector<std::int64_t>>;
+
+constexpr std::size_t kLoadThreads = 4;  // conversion threads of load()
 
 std::string to_k_name(int key) { return "ip_adapter." + std::to_string(key) + ".to_k_ip.weight"; }
 std::string to_v_name(int key) { return "ip_adapter." + std::to_string(key) + ".to_v_ip.weight"; }
@@ -116,14 +121,39 @@ InstantIDModel InstantIDModel::load(const std::string& path, const ModelLayout& 
   model.layout_ = layout;
   model.source_ = path;
   model.output_dim_ = validate(shapes, layout, path);  // before any conversion allocates
-  if (!file.tensors().empty()) model.storage_dtype_ = file.tensors().front().dtype;
-  for (const CheckpointTensor& t : file.tensors()) {
+  const std::vector<CheckpointTensor>& in = file.tensors();
+  if (!in.empty()) model.storage_dtype_ = in.front().dtype;
+  for (const CheckpointTensor& t : in) {
     if (t.dtype != model.storage_dtype_) model.storage_dtype_ = DType::kF32;  // mixed: report f32
-    try {
-      model.tensors_.emplace(t.name, t.to_float(true));
-    } catch (const Error& e) {
-      throw Error(make_message("InstantID checkpoint ", path, ": ", e.what()));
+  }
+  // Conversion is bound by page population and memory bandwidth; a few threads (each taking
+  // every k-th tensor) overlap them. Errors are rethrown in tensor order.
+  std::vector<HostTensor> converted(in.size());
+  std::vector<std::exception_ptr> errors(in.size());
+  auto work = [&](std::size_t first, std::size_t step) {
+    for (std::size_t i = first; i < in.size(); i += step) {
+      try {
+        converted[i] = in[i].to_float(true);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
     }
+  };
+  const std::size_t threads = std::min<std::size_t>(
+      {kLoadThreads, std::max(1u, std::thread::hardware_concurrency()), in.size()});
+  std::vector<std::thread> pool;
+  for (std::size_t k = 1; k < threads; ++k) pool.emplace_back(work, k, threads);
+  work(0, std::max<std::size_t>(threads, 1));
+  for (std::thread& t : pool) t.join();
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (errors[i]) {
+      try {
+        std::rethrow_exception(errors[i]);
+      } catch (const Error& e) {
+        throw Error(make_message("InstantID checkpoint ", path, ": ", e.what()));
+      }
+    }
+    model.tensors_.emplace(in[i].name, std::move(converted[i]));
   }
   return model;
 }
