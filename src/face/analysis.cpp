@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "instantid/error.hpp"
+#include "instantid/face/draw.hpp"
 #include "instantid/onnx/executor.hpp"
 
 namespace instantid::face {
@@ -71,6 +72,46 @@ std::optional<std::size_t> largest_face(const std::vector<DetectedFace>& faces) 
     }
   }
   return best_index;
+}
+
+HostTensor stack_embeddings(const std::vector<ImageFaces>& results) {
+  std::vector<float> values;
+  std::int64_t found = 0;
+  std::size_t dim = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const ImageFaces& r = results[i];
+    if (!r.det_size || r.embedding.empty()) continue;
+    if (found == 0) dim = r.embedding.size();
+    INSTANTID_CHECK(r.embedding.size() == dim, "stack_embeddings: image ", i, " embedding size: got ",
+                    r.embedding.size(), ", expected ", dim, " like the first found image");
+    values.insert(values.end(), r.embedding.begin(), r.embedding.end());
+    ++found;
+  }
+  if (found == 0) return HostTensor();
+  return HostTensor({found, 1, static_cast<std::int64_t>(dim)}, std::move(values));
+}
+
+HostTensor kps_images(const std::vector<ImageFaces>& results) {
+  std::vector<float> values;
+  std::int64_t found = 0;
+  int width = 0;
+  int height = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const ImageFaces& r = results[i];
+    if (!r.det_size || !r.selected) continue;
+    if (found == 0) {
+      width = r.width;
+      height = r.height;
+    }
+    INSTANTID_CHECK(r.width == width && r.height == height, "kps_images: image ", i, " size: got ",
+                    r.width, "x", r.height, ", expected ", width, "x", height,
+                    " like the first found image");
+    const Image drawn = draw_kps(width, height, r.faces[*r.selected].kps);
+    for (std::uint8_t v : drawn.pixels) values.push_back(static_cast<float>(v) / 255.0f);
+    ++found;
+  }
+  if (found == 0) return HostTensor();
+  return HostTensor({found, height, width, 3}, std::move(values));
 }
 
 FaceAnalysis FaceAnalysis::load(const std::string& folder, const AnalysisOptions& options) {

@@ -292,6 +292,22 @@ Image image_from_comfy(const float* rgb, int height, int width) {
   return out;
 }
 
+std::vector<Image> images_from_comfy(const float* rgb, int batch, int height, int width) {
+  INSTANTID_CHECK(batch > 0, "images_from_comfy: batch: got ", batch, ", expected >= 1");
+  INSTANTID_CHECK(height > 0 && width > 0, "images_from_comfy: size: got ", height, "x", width,
+                  ", expected positive height and width");
+  std::vector<Image> images;
+  const std::size_t stride = static_cast<std::size_t>(height) * static_cast<std::size_t>(width) * 3;
+  for (int b = 0; b < batch; ++b) {
+    try {
+      images.push_back(image_from_comfy(rgb + stride * static_cast<std::size_t>(b), height, width));
+    } catch (const Error& e) {
+      throw Error(make_message("images_from_comfy: batch entry ", b, ": ", e.what()));
+    }
+  }
+  return images;
+}
+
 Image image_from_u8(const std::uint8_t* pixels, int height, int width, ChannelOrder order) {
   INSTANTID_CHECK(height > 0 && width > 0, "image_from_u8: size: got ", height, "x", width,
                   ", expected positive height and width");

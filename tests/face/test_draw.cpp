@@ -1,7 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
+
 #include "face_test_util.hpp"
 #include "instantid/error.hpp"
+#include "instantid/face/analysis.hpp"
 #include "instantid/face/draw.hpp"
 
 using namespace instantid::face;
@@ -42,4 +45,49 @@ TEST_CASE("ellipse_polygon: degenerate and axis-aligned cases", "[face][draw]") 
   CHECK(ellipse_polygon(5, 6, 0, 0, 0, 1) == std::vector<int>{5, 6, 5, 6});
   const auto p = ellipse_polygon(10, 10, 3, 2, 0, 90);
   CHECK(p == std::vector<int>{13, 10, 10, 12, 7, 10, 10, 8, 13, 10});
+}
+
+TEST_CASE("ComfyUI batch outputs: stacked embeddings and keypoint images of found faces only",
+          "[face][draw][analysis]") {
+  auto found = [](std::vector<float> emb, float x0) {
+    ImageFaces r;
+    r.width = 64;
+    r.height = 48;
+    r.det_size = 640;
+    DetectedFace f;
+    f.kps = {x0, 10, x0 + 20, 10, x0 + 10, 20, x0 + 2, 30, x0 + 18, 30};
+    r.faces = {f};
+    r.selected = 0;
+    r.embedding = std::move(emb);
+    return r;
+  };
+  ImageFaces none;
+  none.width = 64;
+  none.height = 48;
+  const std::vector<ImageFaces> batch = {found({1, 2, 3}, 10), none, found({4, 5, 6}, 30)};
+  const instantid::HostTensor emb = stack_embeddings(batch);
+  CHECK(emb.shape() == std::vector<std::int64_t>{2, 1, 3});
+  CHECK(emb.values() == std::vector<float>{1, 2, 3, 4, 5, 6});
+  const instantid::HostTensor kps = kps_images(batch);
+  REQUIRE(kps.shape() == std::vector<std::int64_t>{2, 48, 64, 3});
+  const Image second = draw_kps(64, 48, batch[2].faces[0].kps);
+  for (std::size_t i = 0; i < second.pixels.size(); ++i) {
+    REQUIRE(kps.data()[second.pixels.size() + i] == static_cast<float>(second.pixels[i]) / 255.0f);
+  }
+  CHECK(stack_embeddings({none}).ndim() == 0);
+  CHECK(kps_images({none, none}).ndim() == 0);
+  ImageFaces other = found({7, 8}, 10);
+  REQUIRE_THROWS_WITH(stack_embeddings({batch[0], other}), Catch::Contains("embedding size: got 2, expected 3"));
+  other.width = 32;
+  REQUIRE_THROWS_WITH(kps_images({batch[0], other}), Catch::Contains("size: got 32x48, expected 64x48"));
+}
+
+TEST_CASE("ComfyUI IMAGE batches convert per entry", "[face][image]") {
+  std::vector<float> rgb(2 * 2 * 3 * 3, 1.0f);
+  const auto images = images_from_comfy(rgb.data(), 2, 2, 3);
+  REQUIRE(images.size() == 2);
+  CHECK(images[1].pixels[0] == 255);
+  rgb[2 * 3 * 3 + 4] = std::nanf("");
+  REQUIRE_THROWS_WITH(images_from_comfy(rgb.data(), 2, 2, 3), Catch::Contains("batch entry 1: ") &&
+                                                                   Catch::Contains("NaN"));
 }

@@ -254,6 +254,12 @@ def main():
                 (300, 256, [[80.0, 90.0], [170.5, 95.5], [128.2, 150.9], [95.1, 210.3], [160.7, 205.2]]),
                 (200, 220, [[5.5, 10.2], [60.3, 8.1], [30.2, 40.7], [-3.0, 70.9], [70.1, 190.0]]),
                 (256, 256, [[100.0, 100.0], [100.0, 100.0], [100.0, 100.0], [120.0, 120.0], [90.0, 130.0]])]
+    krng = np.random.default_rng(77)
+    for _ in range(16):
+        h, w = int(krng.integers(64, 400)), int(krng.integers(64, 400))
+        centre = krng.uniform([-20, -20], [w + 20, h + 20])
+        spread = krng.uniform(5, 120)
+        kps_sets.append((h, w, (centre + krng.normal(0, spread, size=(5, 2))).tolist()))
     for i, (h, w, kps) in enumerate(kps_sets):
         kp = np.array(kps, dtype=np.float32)
         img = draw_kps(h, w, kp)

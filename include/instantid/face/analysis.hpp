@@ -45,6 +45,15 @@ struct ImageFaces {
 // insightface/ComfyUI's largest face: area (x2-x1)*(y2-y1) in float32, scan in order, `area >= best`.
 std::optional<std::size_t> largest_face(const std::vector<DetectedFace>& faces);
 
+// ComfyUI_InstantID's embedding output for a batch: the raw embeddings of the images where a face
+// was found, stacked as [N_found, 1, D] float32; a tensor with no dims when none was found
+// (ComfyUI returns None, and ApplyInstantID raises "No face detected").
+HostTensor stack_embeddings(const std::vector<ImageFaces>& results);
+
+// The keypoint path: draw_kps of each found image's selected face as [N_found, H, W, 3] float32
+// RGB in [0, 1] (value / 255); no dims when none was found. Found images must share one size.
+HostTensor kps_images(const std::vector<ImageFaces>& results);
+
 class FaceAnalysis {
  public:
   // Loads every *.onnx of `folder` in sorted order and routes each by its inputs/outputs. Needs a

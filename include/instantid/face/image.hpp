@@ -58,6 +58,8 @@ Image apply_exif_orientation(const Image& image, int orientation);
 // ComfyUI IMAGE → insightface input: rgb is [height, width, 3] float32 in [0, 1];
 // u8 = trunc(clamp(x * 255.0f, 0, 255)) per element, then RGB → BGR. NaN throws.
 Image image_from_comfy(const float* rgb, int height, int width);
+// A ComfyUI IMAGE batch [batch, height, width, 3] float32 → one BGR image per batch entry.
+std::vector<Image> images_from_comfy(const float* rgb, int batch, int height, int width);
 
 enum class ChannelOrder { kRgb, kBgr };
 // pixels: [height, width, 3] uint8, row-major. Returns BGR.
