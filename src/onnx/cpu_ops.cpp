@@ -5,9 +5,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <thread>
 
 #include "instantid/error.hpp"
+#include "onnx/cpu_conv_avx2.hpp"
+#include "onnx/cpu_parallel.hpp"
 #include "onnx/shape_rules.hpp"
 
 namespace instantid::onnx {
@@ -17,28 +18,6 @@ namespace {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using StridedMap = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
 using ConstStridedMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
-
-// Splits [0, n) over the cores; fn(begin, end) must not throw. Work below min_chunk per thread
-// runs inline (thread start-up costs ~20 us).
-template <typename F>
-void parallel_for(std::int64_t n, std::int64_t min_chunk, F&& fn) {
-  static const std::int64_t kThreads =
-      std::max<std::int64_t>(1, std::min<std::int64_t>(16, std::thread::hardware_concurrency()));
-  const std::int64_t chunks = std::min(kThreads, n / std::max<std::int64_t>(1, min_chunk));
-  if (chunks <= 1) {
-    fn(std::int64_t{0}, n);
-    return;
-  }
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<std::size_t>(chunks - 1));
-  const std::int64_t step = (n + chunks - 1) / chunks;
-  for (std::int64_t c = 1; c < chunks; ++c) {
-    const std::int64_t b = c * step, e = std::min(n, b + step);
-    if (b < e) workers.emplace_back([&fn, b, e] { fn(b, e); });
-  }
-  fn(std::int64_t{0}, std::min(n, step));
-  for (auto& t : workers) t.join();
-}
 
 std::int64_t count(const Shape& s) {
   std::int64_t n = 1;
@@ -199,6 +178,16 @@ Tensor conv(const Node& node, const Tensor& x, const Tensor& w, const Tensor* b)
   }
   const std::int64_t hw_out = g.oh * g.ow;
   const std::int64_t kdim = cg * g.kh * g.kw;
+  if (cpu_has_avx2_fma()) {
+    for (std::int64_t n = 0; n < g.n; ++n) {
+      for (std::int64_t grp = 0; grp < g.group; ++grp) {
+        conv2d_group_avx2(g, cg, mg, x.f.data() + (n * g.c + grp * cg) * g.h * g.w,
+                          w.f.data() + grp * mg * kdim, bias ? bias + grp * mg : nullptr,
+                          y.f.data() + (n * g.m + grp * mg) * hw_out);
+      }
+    }
+    return y;
+  }
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pad_top == 0 &&
                          g.pad_left == 0 && g.pad_bottom == 0 && g.pad_right == 0;
   std::vector<float> col(pointwise ? 0 : static_cast<std::size_t>(kdim * hw_out));

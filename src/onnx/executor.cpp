@@ -116,6 +116,8 @@ Executor Executor::load(const std::string& path, const ExecutorOptions& options)
 
 Executor Executor::from_bytes(const std::string& bytes, const std::string& name,
                               const ExecutorOptions& options) {
+  INSTANTID_CHECK(options.max_tensor_elements > 0, name, ": max_tensor_elements: got ",
+                  options.max_tensor_elements, ", expected > 0");
   auto impl = std::make_unique<Impl>();
   impl->graph = parse_model(bytes, name);
   impl->options = options;
@@ -146,6 +148,7 @@ std::vector<std::string> Executor::node_names(std::size_t count) const {
 }
 
 std::vector<HostTensor> Executor::run(const std::vector<HostTensor>& inputs) {
+  const TensorElementLimit limit(impl_->options.max_tensor_elements);
   check_inputs(impl_->graph, inputs);
   if (impl_->cuda) return impl_->cuda->run(inputs);
   return run_cpu(impl_->graph, inputs);

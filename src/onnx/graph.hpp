@@ -87,6 +87,22 @@ constexpr std::size_t kMaxNodes = 100000;
 constexpr std::int64_t kMaxTensorElements = std::int64_t{1} << 31;
 constexpr int kMaxRank = 8;
 
+// The element limit Tensor::floats/ints enforce on this thread before allocating: kMaxTensorElements
+// while a model is read, ExecutorOptions::max_tensor_elements while Executor::run runs (this scope).
+class TensorElementLimit {
+ public:
+  explicit TensorElementLimit(std::int64_t limit);
+  ~TensorElementLimit();
+  TensorElementLimit(const TensorElementLimit&) = delete;
+  TensorElementLimit& operator=(const TensorElementLimit&) = delete;
+  static std::int64_t current();
+
+ private:
+  std::int64_t previous_;
+};
+// Element count of `shape`; throws Error on a negative dim or a count over the current limit.
+std::int64_t checked_numel(const std::vector<std::int64_t>& shape);
+
 Graph parse_model(const std::string& bytes, const std::string& name);
 
 }  // namespace instantid::onnx

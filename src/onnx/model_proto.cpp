@@ -15,21 +15,47 @@
 
 namespace instantid::onnx {
 
+namespace {
+thread_local std::int64_t t_element_limit = kMaxTensorElements;
+}  // namespace
+
+TensorElementLimit::TensorElementLimit(std::int64_t limit) : previous_(t_element_limit) {
+  t_element_limit = limit;
+}
+TensorElementLimit::~TensorElementLimit() { t_element_limit = previous_; }
+std::int64_t TensorElementLimit::current() { return t_element_limit; }
+
+std::int64_t checked_numel(const std::vector<std::int64_t>& shape) {
+  const std::int64_t limit = t_element_limit;
+  std::int64_t n = 1;
+  for (auto d : shape) {
+    INSTANTID_CHECK(d >= 0, "tensor shape ", shape_string(shape),
+                    ": got a negative dimension, expected sizes >= 0");
+    INSTANTID_CHECK(d == 0 || n <= limit / d, "tensor shape ", shape_string(shape),
+                    ": more elements than the limit of ", limit,
+                    " (ExecutorOptions::max_tensor_elements)");
+    n *= d;
+  }
+  return n;
+}
+
 Tensor Tensor::floats(std::vector<std::int64_t> shape, std::vector<float> values) {
   Tensor t;
   t.type = ElemType::kFloat;
+  const auto n = static_cast<std::size_t>(checked_numel(shape));  // before allocating
   t.shape = std::move(shape);
   t.f = std::move(values);
-  if (t.f.empty()) t.f.resize(static_cast<std::size_t>(t.numel()));
+  if (t.f.empty()) t.f.resize(n);
   return t;
 }
 
 Tensor Tensor::ints(std::vector<std::int64_t> shape, std::vector<std::int64_t> values) {
   Tensor t;
   t.type = ElemType::kInt64;
+  const auto n = static_cast<std::size_t>(checked_numel(shape));
   t.shape = std::move(shape);
   t.i = std::move(values);
-  if (t.i.empty()) t.i.resize(static_cast<std::size_t>(t.numel()));
+  if (t.i.empty()) t.i.resize(n);
   return t;
 }
 
@@ -157,8 +183,8 @@ Tensor read_tensor(const ::onnx::TensorProto& proto, const std::string& what) {
   };
   switch (proto.data_type()) {
     case ::onnx::TensorProto::FLOAT: {
+      check_size(static_cast<std::size_t>(proto.float_data_size()), 4);  // before allocating
       Tensor t = Tensor::floats(dims);
-      check_size(static_cast<std::size_t>(proto.float_data_size()), 4);
       if (raw) {
         if (count) std::memcpy(t.f.data(), bytes.data(), count * 4);
       } else {
@@ -167,8 +193,8 @@ Tensor read_tensor(const ::onnx::TensorProto& proto, const std::string& what) {
       return t;
     }
     case ::onnx::TensorProto::DOUBLE: {
-      Tensor t = Tensor::floats(dims);
       check_size(static_cast<std::size_t>(proto.double_data_size()), 8);
+      Tensor t = Tensor::floats(dims);
       for (std::size_t k = 0; k < count; ++k) {
         double v = 0;
         if (raw) {
@@ -181,8 +207,8 @@ Tensor read_tensor(const ::onnx::TensorProto& proto, const std::string& what) {
       return t;
     }
     case ::onnx::TensorProto::INT64: {
-      Tensor t = Tensor::ints(dims);
       check_size(static_cast<std::size_t>(proto.int64_data_size()), 8);
+      Tensor t = Tensor::ints(dims);
       if (raw) {
         if (count) std::memcpy(t.i.data(), bytes.data(), count * 8);
       } else {
@@ -191,8 +217,8 @@ Tensor read_tensor(const ::onnx::TensorProto& proto, const std::string& what) {
       return t;
     }
     case ::onnx::TensorProto::INT32: {
-      Tensor t = Tensor::ints(dims);
       check_size(static_cast<std::size_t>(proto.int32_data_size()), 4);
+      Tensor t = Tensor::ints(dims);
       for (std::size_t k = 0; k < count; ++k) {
         std::int32_t v = 0;
         if (raw) {

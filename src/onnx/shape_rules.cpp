@@ -158,10 +158,14 @@ ResizePlan resize_plan(const Node& node, std::int64_t opset, const Shape& x, con
                   " values, expected ", rank, " (input rank)");
   plan.out.resize(rank);
   for (std::size_t d = 0; d < rank; ++d) {
-    INSTANTID_CHECK(plan.scales[d] > 0.0f, node.where(), ": scale ", plan.scales[d],
-                    " must be > 0");
-    plan.out[d] = static_cast<std::int64_t>(
-        std::floor(static_cast<double>(x[d]) * static_cast<double>(plan.scales[d])));
+    INSTANTID_CHECK(plan.scales[d] > 0.0f && std::isfinite(plan.scales[d]), node.where(),
+                    ": scale ", plan.scales[d], " must be finite and > 0");
+    const double size = std::floor(static_cast<double>(x[d]) * static_cast<double>(plan.scales[d]));
+    // Bounded before the cast (a float scale can reach 3e38); the element limit applies later.
+    INSTANTID_CHECK(size <= static_cast<double>(kMaxTensorElements), node.where(), ": scale ",
+                    plan.scales[d], " makes axis ", d, " ", size, " long, more than the limit of ",
+                    kMaxTensorElements);
+    plan.out[d] = static_cast<std::int64_t>(size);
   }
   (void)opset;
   return plan;

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <random>
 
@@ -89,6 +90,13 @@ TEST_CASE("Conv matches a naive convolution exactly (groups, strides, pads, dila
       {1, 3, 9, 7, 2, 1, 1, 2, 0, 1},    // 1x1 strided
   };
   std::uint32_t seed = 1;
+  // Both CPU paths: the AVX2 direct-packing kernel (when the CPU has it) and Eigen im2col.
+  const bool portable = GENERATE(false, true);
+  if (portable) {
+    setenv("INSTANTID_ONNX_NO_AVX2", "1", 1);
+  } else {
+    unsetenv("INSTANTID_ONNX_NO_AVX2");
+  }
   for (const Case& cs : cases) {
     const std::vector<std::int64_t> xs = {cs.n, cs.c, cs.h, cs.w};
     const std::vector<std::int64_t> ws = {cs.m, cs.c / cs.group, cs.k, cs.k};
@@ -107,10 +115,11 @@ TEST_CASE("Conv matches a naive convolution exactly (groups, strides, pads, dila
     std::int64_t oh = 0, ow = 0;
     const auto ref = conv_ref(x, xs, w, ws, bias, cs.group, cs.stride, cs.pad, cs.dil, &oh, &ow);
     const HostTensor y = run1(b, HostTensor(xs, x));
-    CAPTURE(cs.c, cs.m, cs.k, cs.group, cs.stride, cs.pad, cs.dil);
+    CAPTURE(portable, cs.c, cs.m, cs.k, cs.group, cs.stride, cs.pad, cs.dil);
     REQUIRE(y.shape() == std::vector<std::int64_t>{cs.n, cs.m, oh, ow});
     REQUIRE(y.values() == ref);
   }
+  unsetenv("INSTANTID_ONNX_NO_AVX2");
 }
 
 TEST_CASE("BatchNormalization, PRelu, Relu, Sigmoid", "[onnx]") {
