@@ -26,8 +26,9 @@ void check_embeds(const ModelLayout& layout, const HostTensor& embeds) {
                    make_message("[N, ", e, "] or [N, 1, ", e, "] with N >= 1"));
   }
   for (std::int64_t i = 0; i < embeds.numel(); ++i) {
-    INSTANTID_CHECK(std::isfinite(embeds.data()[i]), "AttentionPatch face_embeds value at flat index ",
-                    i, ": got ", embeds.data()[i], ", expected a finite value");
+    INSTANTID_CHECK(std::isfinite(embeds.data()[i]),
+                    "AttentionPatch face_embeds value at flat index ", i, ": got ",
+                    embeds.data()[i], ", expected a finite value");
   }
 }
 
@@ -42,12 +43,21 @@ void check_tokens(const InstantIDModel& model, const ImageTokens& tokens) {
                     ", expected [1, T, ", d_out, "] (D_out of the model)");
     for (std::int64_t j = 0; j < t.numel(); ++j) {
       INSTANTID_CHECK(std::isfinite(t.data()[j]), "AttentionPatch tokens.", names[i],
-                      " value at flat index ", j, ": got ", t.data()[j], ", expected a finite value");
+                      " value at flat index ", j, ": got ", t.data()[j],
+                      ", expected a finite value");
     }
   }
-  INSTANTID_CHECK(tokens.cond.shape() == tokens.uncond.shape(), "AttentionPatch tokens.uncond: got ",
-                  tokens.uncond.shape_str(), ", expected ", tokens.cond.shape_str(),
-                  " (the shape of tokens.cond)");
+  INSTANTID_CHECK(tokens.cond.shape() == tokens.uncond.shape(),
+                  "AttentionPatch tokens.uncond: got ", tokens.uncond.shape_str(), ", expected ",
+                  tokens.cond.shape_str(), " (the shape of tokens.cond)");
+}
+
+bool same_shape(const TensorView& a, const TensorView& b) {
+  if (a.ndim != b.ndim) return false;
+  for (int d = 0; d < a.ndim; ++d) {
+    if (a.shape[static_cast<std::size_t>(d)] != b.shape[static_cast<std::size_t>(d)]) return false;
+  }
+  return true;
 }
 
 bool same_layers(const ModelLayout& a, const ModelLayout& b) {
@@ -83,8 +93,10 @@ struct AttentionPatch::Impl {
     INSTANTID_CHECK(same_layers(model.layout(), layout) && model.output_dim() == output_dim,
                     "AttentionPatch::stack model ", model.source(), ": got ",
                     model.layout().num_layers(), " layers, D_out ", model.output_dim(),
-                    ", expected the patch's layout (", layout.num_layers(), " layers, same widths) "
-                    "and D_out ", output_dim);
+                    ", expected the patch's layout (", layout.num_layers(),
+                    " layers, same widths) "
+                    "and D_out ",
+                    output_dim);
   }
 
   void add(const InstantIDModel& model, ImageTokens tokens, const PatchOptions& options) {
@@ -114,79 +126,81 @@ struct AttentionPatch::Impl {
   int check_call(const AttentionCall& call, bool include_text, const char* where) {
     const int index = layout.index_of(call.layer);
     const int width = layout.layers[static_cast<std::size_t>(index)].width;
-    const std::string at = make_message(where, " at layer ", layer_id_string(call.layer), ": ");
-    INSTANTID_CHECK(width % kHeadDim == 0, at, "layer width: got ", width,
+// The message prefix, built only when a check fails: a valid call allocates nothing here.
+#define INSTANTID_AT where, " at layer ", layer_id_string(call.layer), ": "
+    INSTANTID_CHECK(width % kHeadDim == 0, INSTANTID_AT, "layer width: got ", width,
                     ", expected a multiple of ", kHeadDim);
 
     const Device expected_device = backend_options.backend == Backend::kCpu
                                        ? Device{DeviceType::kCpu, 0}
                                        : Device{DeviceType::kCuda, backend_options.cuda_device};
     auto check_view = [&](const TensorView& t, const char* name) {
-      INSTANTID_CHECK(t.ndim == 3, at, name, " rank: got ", t.ndim, " (shape ", t.shape_str(),
-                      "), expected 3 ([B, tokens, C])");
-      INSTANTID_CHECK(t.device == expected_device, at, name, " device: got ",
+      INSTANTID_CHECK(t.ndim == 3, INSTANTID_AT, name, " rank: got ", t.ndim, " (shape ",
+                      t.shape_str(), "), expected 3 ([B, tokens, C])");
+      INSTANTID_CHECK(t.device == expected_device, INSTANTID_AT, name, " device: got ",
                       device_name(t.device), ", expected ", device_name(expected_device), " (the ",
                       backend_name(backend_options.backend), " backend's device)");
       const int dtype = static_cast<int>(t.dtype);
-      INSTANTID_CHECK(dtype >= 0 && dtype <= static_cast<int>(DType::kBF16), at, name,
+      INSTANTID_CHECK(dtype >= 0 && dtype <= static_cast<int>(DType::kBF16), INSTANTID_AT, name,
                       " dtype: got enum value ", dtype, ", expected f32, f16 or bf16");
-      INSTANTID_CHECK(t.data != nullptr || t.numel() == 0, at, name,
+      INSTANTID_CHECK(t.data != nullptr || t.numel() == 0, INSTANTID_AT, name,
                       " data: got a null pointer for shape ", t.shape_str(), ", expected memory");
       for (int d = 0; d < 3; ++d) {
-        INSTANTID_CHECK(t.shape[static_cast<std::size_t>(d)] > 0, at, name, " shape: got ",
-                        t.shape_str(), ", expected non-empty dimensions");
+        INSTANTID_CHECK(t.shape[static_cast<std::size_t>(d)] > 0, INSTANTID_AT, name,
+                        " shape: got ", t.shape_str(), ", expected non-empty dimensions");
       }
     };
 
     check_view(call.q, "q");
     const std::int64_t batch = call.q.shape[0], tokens = call.q.shape[1];
-    INSTANTID_CHECK(call.q.shape[2] == width, at, "q channels: got ", call.q.shape[2],
+    INSTANTID_CHECK(call.q.shape[2] == width, INSTANTID_AT, "q channels: got ", call.q.shape[2],
                     ", expected ", width, " (the layer's width C = heads x 64)");
     if (backend_options.backend == Backend::kCuda) {
-      INSTANTID_CHECK(call.q.dtype == backend_options.cuda_dtype, at, "q dtype: got ",
+      INSTANTID_CHECK(call.q.dtype == backend_options.cuda_dtype, INSTANTID_AT, "q dtype: got ",
                       dtype_name(call.q.dtype), ", expected ",
                       dtype_name(backend_options.cuda_dtype), " (BackendOptions::cuda_dtype)");
     }
     check_view(call.out, "out");
-    INSTANTID_CHECK(call.out.shape_vector() == call.q.shape_vector(), at, "out shape: got ",
+    INSTANTID_CHECK(same_shape(call.out, call.q), INSTANTID_AT, "out shape: got ",
                     call.out.shape_str(), ", expected ", call.q.shape_str(), " (q's shape)");
-    INSTANTID_CHECK(call.out.dtype == call.q.dtype, at, "out dtype: got ",
+    INSTANTID_CHECK(call.out.dtype == call.q.dtype, INSTANTID_AT, "out dtype: got ",
                     dtype_name(call.out.dtype), ", expected ", dtype_name(call.q.dtype),
                     " (q's dtype)");
     if (include_text) {
       check_view(call.k, "k");
       check_view(call.v, "v");
-      INSTANTID_CHECK(call.k.shape[0] == batch || call.k.shape[0] == 1, at, "k batch: got ",
-                      call.k.shape[0], ", expected ", batch, " (q's batch) or 1");
-      INSTANTID_CHECK(call.k.shape[2] == width, at, "k channels: got ", call.k.shape[2],
+      INSTANTID_CHECK(call.k.shape[0] == batch || call.k.shape[0] == 1, INSTANTID_AT,
+                      "k batch: got ", call.k.shape[0], ", expected ", batch, " (q's batch) or 1");
+      INSTANTID_CHECK(call.k.shape[2] == width, INSTANTID_AT, "k channels: got ", call.k.shape[2],
                       ", expected ", width, " (the layer's width)");
-      INSTANTID_CHECK(call.v.shape_vector() == call.k.shape_vector(), at, "v shape: got ",
-                      call.v.shape_str(), ", expected ", call.k.shape_str(), " (k's shape)");
+      INSTANTID_CHECK(same_shape(call.v, call.k), INSTANTID_AT, "v shape: got ", call.v.shape_str(),
+                      ", expected ", call.k.shape_str(), " (k's shape)");
       for (const TensorView* t : {&call.k, &call.v}) {
-        INSTANTID_CHECK(t->dtype == call.q.dtype, at, t == &call.k ? "k" : "v", " dtype: got ",
-                        dtype_name(t->dtype), ", expected ", dtype_name(call.q.dtype),
-                        " (q's dtype)");
+        INSTANTID_CHECK(t->dtype == call.q.dtype, INSTANTID_AT, t == &call.k ? "k" : "v",
+                        " dtype: got ", dtype_name(t->dtype), ", expected ",
+                        dtype_name(call.q.dtype), " (q's dtype)");
       }
     }
 
     int chunks = 1;
     if (call.cond_or_uncond == nullptr) {
-      INSTANTID_CHECK(call.num_chunks <= 1, at, "cond_or_uncond: got a null pointer with num_chunks ",
-                      call.num_chunks, ", expected num_chunks entries");
+      INSTANTID_CHECK(call.num_chunks <= 1, INSTANTID_AT,
+                      "cond_or_uncond: got a null pointer with num_chunks ", call.num_chunks,
+                      ", expected num_chunks entries");
     } else {
       chunks = call.num_chunks;
-      INSTANTID_CHECK(chunks >= 1, at, "num_chunks: got ", chunks,
+      INSTANTID_CHECK(chunks >= 1, INSTANTID_AT, "num_chunks: got ", chunks,
                       ", expected >= 1 with a cond_or_uncond array");
       for (int g = 0; g < chunks; ++g) {
-        INSTANTID_CHECK(call.cond_or_uncond[g] == 0 || call.cond_or_uncond[g] == 1, at,
+        INSTANTID_CHECK(call.cond_or_uncond[g] == 0 || call.cond_or_uncond[g] == 1, INSTANTID_AT,
                         "cond_or_uncond[", g, "]: got ", call.cond_or_uncond[g],
                         ", expected 0 (cond) or 1 (uncond)");
       }
     }
-    INSTANTID_CHECK(batch % chunks == 0, at, "batch: got ", batch, ", expected a multiple of the ",
-                    chunks, " cond_or_uncond chunks (B = G x P)");
+    INSTANTID_CHECK(batch % chunks == 0, INSTANTID_AT, "batch: got ", batch,
+                    ", expected a multiple of the ", chunks, " cond_or_uncond chunks (B = G x P)");
 
-    INSTANTID_CHECK(!call.sigma || !std::isnan(*call.sigma), at,
+    INSTANTID_CHECK(!call.sigma || !std::isnan(*call.sigma), INSTANTID_AT,
                     "sigma: got NaN, expected a number or no sigma");
     const double sigma = call.sigma.value_or(kNoSigma);
     bool needs_size = false;
@@ -196,13 +210,14 @@ struct AttentionPatch::Impl {
       needs_size = needs_size || (active[i] != 0 && id.options.mask.has_value());
     }
     if (needs_size) {
-      INSTANTID_CHECK(call.original_height > 0 && call.original_width > 0, at,
+      INSTANTID_CHECK(call.original_height > 0 && call.original_width > 0, INSTANTID_AT,
                       "original size: got ", call.original_height, "x", call.original_width,
                       ", expected the positive latent height and width (an active identity has a "
                       "mask)");
       ref::mask_grid(call.original_height, call.original_width, tokens);  // throws if degenerate
     }
     return index;
+#undef INSTANTID_AT
   }
 
   void run(const AttentionCall& call, bool include_text, const char* where) {
@@ -247,8 +262,8 @@ void AttentionPatch::add_image_attention(const AttentionCall& call) {
 }
 
 void AttentionPatch::prepare_resolution(int original_height, int original_width) {
-  INSTANTID_CHECK(original_height > 0 && original_width > 0,
-                  "prepare_resolution: got ", original_height, "x", original_width,
+  INSTANTID_CHECK(original_height > 0 && original_width > 0, "prepare_resolution: got ",
+                  original_height, "x", original_width,
                   ", expected a positive latent height and width");
   impl_->backend->prepare_resolution(original_height, original_width);
 }
@@ -273,8 +288,9 @@ bool AttentionPatch::active_at(double sigma) const {
 int AttentionPatch::num_identities() const { return static_cast<int>(impl_->identities.size()); }
 
 const ImageTokens& AttentionPatch::tokens(int identity) const {
-  INSTANTID_CHECK(identity >= 0 && identity < num_identities(), "AttentionPatch::tokens identity: got ",
-                  identity, ", expected 0..", num_identities() - 1);
+  INSTANTID_CHECK(identity >= 0 && identity < num_identities(),
+                  "AttentionPatch::tokens identity: got ", identity, ", expected 0..",
+                  num_identities() - 1);
   return impl_->identities[static_cast<std::size_t>(identity)].tokens;
 }
 

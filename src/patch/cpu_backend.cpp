@@ -42,7 +42,8 @@ class CpuBackend final : public PatchBackend {
 
   void add_identity(const InstantIDModel& model, const IdentitySpec& identity) override {
     Identity id;
-    id.output_scale = ref::ip_output_scale(identity.options.embeds_scaling, identity.options.weight);
+    id.output_scale =
+        ref::ip_output_scale(identity.options.embeds_scaling, identity.options.weight);
     if (identity.options.mask) id.mask = *identity.options.mask;
     id.kv.reserve(static_cast<std::size_t>(layout_.num_layers()));
     for (int n = 0; n < layout_.num_layers(); ++n) {
@@ -82,12 +83,10 @@ class CpuBackend final : public PatchBackend {
     for (std::size_t i = 0; i < identities_.size() && i < active.size(); ++i) {
       if (active[i] == 0) continue;
       const Identity& id = identities_[i];
-      const HostTensor* mask = id.mask ? &mask_rows(i, call.original_height, call.original_width,
-                                                    q.size(1))
-                                       : nullptr;
-      const HostTensor ip =
-          ref::ip_attention(q, id.kv[static_cast<std::size_t>(layer_index)], cond_or_uncond,
-                            id.output_scale, mask);
+      const HostTensor* mask =
+          id.mask ? &mask_rows(i, call.original_height, call.original_width, q.size(1)) : nullptr;
+      const HostTensor ip = ref::ip_attention(q, id.kv[static_cast<std::size_t>(layer_index)],
+                                              cond_or_uncond, id.output_scale, mask);
       for (std::int64_t j = 0; j < out.numel(); ++j) out.data()[j] += ip.data()[j];
     }
     for (std::int64_t j = 0; j < out.numel(); ++j) {

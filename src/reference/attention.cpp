@@ -93,7 +93,8 @@ IpKeyValues ip_key_values(const InstantIDModel& model, const ImageTokens& tokens
   };
   auto scale_v = [&](HostTensor& vt) {
     switch (scaling) {
-      case EmbedsScaling::kVOnly: return;
+      case EmbedsScaling::kVOnly:
+        return;
       case EmbedsScaling::kKV:
         for (float& x : vt.values()) x *= weight;
         return;
@@ -156,10 +157,9 @@ HostTensor ip_attention(const HostTensor& q, const IpKeyValues& kv,
   }
   const std::int64_t m = mask_rows != nullptr ? mask_rows->size(0) : 0;
   for (std::int64_t b = 0; b < batch; ++b) {
-    const float* row = mask_rows != nullptr
-                           ? mask_rows->data() + std::min(b % per_chunk, m - 1) * n
-                           : nullptr;  // [N]
-    float* o = out.data() + b * n * c;  // [N, C]
+    const float* row = mask_rows != nullptr ? mask_rows->data() + std::min(b % per_chunk, m - 1) * n
+                                            : nullptr;  // [N]
+    float* o = out.data() + b * n * c;                  // [N, C]
     for (std::int64_t i = 0; i < n; ++i) {
       const float f = row != nullptr ? output_scale * row[i] : output_scale;
       for (std::int64_t j = 0; j < c; ++j) o[i * c + j] *= f;

@@ -17,7 +17,8 @@ MaskGrid mask_grid(int original_height, int original_width, std::int64_t num_tok
   const double real_h = oh / std::sqrt(oh * ow / static_cast<double>(num_tokens));
   const auto whole = static_cast<std::int64_t>(real_h);
   INSTANTID_CHECK(whole > 0, "mask grid for ", original_height, "x", original_width, " and ",
-                  num_tokens, " tokens: got int(mask_h) = 0, expected >= 1 (aspect ratio too "
+                  num_tokens,
+                  " tokens: got int(mask_h) = 0, expected >= 1 (aspect ratio too "
                   "extreme for this layer)");
   MaskGrid grid;
   grid.height = whole + (num_tokens % whole != 0 ? 1 : 0);
@@ -67,7 +68,7 @@ HostTensor bilinear_resize(const HostTensor& images, std::int64_t height, std::i
   HostTensor out({m, height, width});
   for (std::int64_t i = 0; i < m; ++i) {
     const float* src = images.data() + i * in_h * in_w;  // [H, W]
-    float* dst = out.data() + i * height * width;         // [height, width]
+    float* dst = out.data() + i * height * width;        // [height, width]
     for (std::int64_t y = 0; y < height; ++y) {
       const LinearTap& r = rows[static_cast<std::size_t>(y)];
       for (std::int64_t x = 0; x < width; ++x) {

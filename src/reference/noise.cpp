@@ -32,7 +32,7 @@ std::uint64_t noise_seed(const float* values, std::size_t n) {
   constexpr std::int64_t kModulus = 1000000007;
   const auto truncated = static_cast<std::int64_t>(std::trunc(static_cast<double>(rounded)));
   std::int64_t seed = truncated % kModulus;  // C++ remainder takes the sign of the dividend
-  if (seed < 0) seed += kModulus;             // Python's % is never negative here
+  if (seed < 0) seed += kModulus;            // Python's % is never negative here
   return static_cast<std::uint64_t>(seed);
 }
 
@@ -56,8 +56,8 @@ HostTensor combine_embeddings(const HostTensor& embeds, Combine combine) {
   const auto [n, e] = embedding_rows(embeds, "combine_embeddings embeds");
   const float* x = embeds.data();  // [N, E]
   for (std::int64_t i = 0; i < n * e; ++i) {
-    INSTANTID_CHECK(std::isfinite(x[i]), "combine_embeddings embeds: got a non-finite value ",
-                    x[i], " at row ", i / e, ", column ", i % e, ", expected finite values");
+    INSTANTID_CHECK(std::isfinite(x[i]), "combine_embeddings embeds: got a non-finite value ", x[i],
+                    " at row ", i / e, ", column ", i % e, ", expected finite values");
   }
   if (combine == Combine::kConcat || n == 1) {
     // ComfyUI combines only when there are several images; one image passes through unchanged.
@@ -75,8 +75,8 @@ HostTensor combine_embeddings(const HostTensor& embeds, Combine combine) {
       norm = std::sqrt(squares);
     }
     float sum = 0.0f;
-    for (std::int64_t i = 0; i < n; ++i) sum += combine == Combine::kNormAverage ? x[i * e + j] / norm
-                                                                                 : x[i * e + j];
+    for (std::int64_t i = 0; i < n; ++i)
+      sum += combine == Combine::kNormAverage ? x[i * e + j] / norm : x[i * e + j];
     y[j] = sum / count;
   }
   return out;

@@ -73,19 +73,19 @@ HostTensor resampler(const InstantIDModel& model, const HostTensor& x) {
   for (std::int64_t b = 0; b < batch; ++b) {
     const RowMatrix xb = detail::ConstMatrixMap(x.data() + b * tokens * e, tokens, e);
     const RowMatrix h = linear(xb, w("proj_in.weight"), &w("proj_in.bias"));  // [T, dim]
-    RowMatrix latents = latents0;                                              // [16, dim]
+    RowMatrix latents = latents0;                                             // [16, dim]
     for (int i = 0; i < layout.depth; ++i) {
       const std::string p = "layers." + std::to_string(i) + ".";
       // PerceiverAttention
       const RowMatrix xn = layer_norm(h, w(p + "0.norm1.weight"), w(p + "0.norm1.bias"));
       const RowMatrix ln = layer_norm(latents, w(p + "0.norm2.weight"), w(p + "0.norm2.bias"));
       RowMatrix q = linear(ln, w(p + "0.to_q.weight"), nullptr);  // [16, heads·dh]
-      RowMatrix kv_in(tokens + queries, dim);                      // [T + 16, dim]
+      RowMatrix kv_in(tokens + queries, dim);                     // [T + 16, dim]
       kv_in << xn, ln;
       RowMatrix kv = linear(kv_in, w(p + "0.to_kv.weight"), nullptr);  // [T + 16, 2·heads·dh]
       const Eigen::Index inner = static_cast<Eigen::Index>(heads) * dim_head;
       q *= scale;
-      kv.leftCols(inner) *= scale;  // k = first half, v = second half
+      kv.leftCols(inner) *= scale;         // k = first half, v = second half
       RowMatrix attn_out(queries, inner);  // [16, heads·dh]
       for (int hd = 0; hd < heads; ++hd) {
         const Eigen::Index c0 = static_cast<Eigen::Index>(hd) * dim_head;

@@ -20,10 +20,14 @@ EmbedsScaling parse_embeds_scaling(std::string_view name) {
 
 const char* embeds_scaling_name(EmbedsScaling scaling) {
   switch (scaling) {
-    case EmbedsScaling::kVOnly: return "V only";
-    case EmbedsScaling::kKV: return "K+V";
-    case EmbedsScaling::kKVCPenalty: return "K+V w/ C penalty";
-    case EmbedsScaling::kKMeanVCPenalty: return "K+mean(V) w/ C penalty";
+    case EmbedsScaling::kVOnly:
+      return "V only";
+    case EmbedsScaling::kKV:
+      return "K+V";
+    case EmbedsScaling::kKVCPenalty:
+      return "K+V w/ C penalty";
+    case EmbedsScaling::kKMeanVCPenalty:
+      return "K+mean(V) w/ C penalty";
   }
   return "?";
 }
@@ -38,9 +42,12 @@ Combine parse_combine(std::string_view name) {
 
 const char* combine_name(Combine combine) {
   switch (combine) {
-    case Combine::kAverage: return "average";
-    case Combine::kNormAverage: return "norm average";
-    case Combine::kConcat: return "concat";
+    case Combine::kAverage:
+      return "average";
+    case Combine::kNormAverage:
+      return "norm average";
+    case Combine::kConcat:
+      return "concat";
   }
   return "?";
 }
@@ -51,7 +58,8 @@ namespace {
 // uses even for a one-element tensor); glibc's correctly rounded expf differs from it by one ulp
 // at some points, and ComfyUI's percent_to_sigma goes through torch.
 float torch_cpu_expf(float d) {
-  const int q = static_cast<int>(std::nearbyint(d * 1.442695040888963407359924681001892137426645954152985934135449406931f));
+  const int q = static_cast<int>(
+      std::nearbyint(d * 1.442695040888963407359924681001892137426645954152985934135449406931f));
   const auto qf = static_cast<float>(q);
   float s = std::fma(qf, -0.693145751953125f, d);
   s = std::fma(qf, -1.428606765330187045e-06f, s);
@@ -111,8 +119,8 @@ void validate(const PatchOptions& options) {
   INSTANTID_CHECK(options.start_at >= 0.0f && options.start_at <= 1.0f,
                   "PatchOptions.start_at: got ", options.start_at, ", expected a value in [0, 1]");
   INSTANTID_CHECK(options.end_at >= options.start_at && options.end_at <= 1.0f,
-                  "PatchOptions.end_at: got ", options.end_at, ", expected a value in [start_at = ",
-                  options.start_at, ", 1]");
+                  "PatchOptions.end_at: got ", options.end_at,
+                  ", expected a value in [start_at = ", options.start_at, ", 1]");
   INSTANTID_CHECK(std::isfinite(options.noise) && options.noise >= 0.0f, "PatchOptions.noise: got ",
                   options.noise, ", expected a finite value >= 0");
   const int scaling = static_cast<int>(options.embeds_scaling);

@@ -5,8 +5,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <functional>
+#include <limits>
 #include <map>
 
 #include "instantid/patch.hpp"
@@ -16,8 +16,8 @@
 namespace instantid {
 namespace {
 
-using test::goldens;
 using test::golden_model;
+using test::goldens;
 using test::rel_l2;
 
 PatchOptions options_of(const test::IdentityCase& id) {
@@ -119,12 +119,14 @@ TEST_CASE("tokens, sigma ranges and activity of stacked identities", "[patch][si
   HostTensor out(in.q.shape());
   zero.attention(call_of(*gated, in, out));
   const HostTensor text = ref::attention(in.q, in.k, in.v);
-  CHECK(std::memcmp(out.data(), text.data(), sizeof(float) * static_cast<std::size_t>(out.numel())) == 0);
+  CHECK(std::memcmp(out.data(), text.data(),
+                    sizeof(float) * static_cast<std::size_t>(out.numel())) == 0);
 
   // An explicit sigma range (other schedules) replaces start_at/end_at.
   PatchOptions explicit_range;
   explicit_range.sigma_range = SigmaRange{2.0, 1.0};
-  AttentionPatch ranged(model, test::projection_embeds(test::projection_case("avg")), explicit_range);
+  AttentionPatch ranged(model, test::projection_embeds(test::projection_case("avg")),
+                        explicit_range);
   CHECK(ranged.active_at(1.5));
   CHECK_FALSE(ranged.active_at(2.5));
   CHECK_FALSE(ranged.active_at(kNoSigma));
@@ -149,7 +151,7 @@ TEST_CASE("f16 and bf16 tensors are computed in float32 and written back in out'
     std::vector<std::uint16_t> q = to_half(in.q, dtype), k = to_half(in.k, dtype),
                                v = to_half(in.v, dtype);
     std::vector<std::uint16_t> out(q.size(), 0x7e00);  // NaN in f16, a NaN-ish pattern in bf16
-    AttentionCall call = call_of(c, in, in.q);  // shapes and ids; views replaced below
+    AttentionCall call = call_of(c, in, in.q);         // shapes and ids; views replaced below
     call.q = TensorView::contiguous(q.data(), dtype, Device{}, in.q.shape());
     call.k = TensorView::contiguous(k.data(), dtype, Device{}, in.k.shape());
     call.v = TensorView::contiguous(v.data(), dtype, Device{}, in.v.shape());
@@ -165,7 +167,8 @@ TEST_CASE("f16 and bf16 tensors are computed in float32 and written back in out'
       REQUIRE(load_as_float(out.data(), dtype, i) ==
               load_as_float(to_half(expected, dtype).data(), dtype, i));
     }
-    CHECK(rel_l2(got, goldens().f32("case.mask_m1_pad.out")) <= (dtype == DType::kF16 ? 2e-3 : 1.5e-2));
+    CHECK(rel_l2(got, goldens().f32("case.mask_m1_pad.out")) <=
+          (dtype == DType::kF16 ? 2e-3 : 1.5e-2));
   }
 }
 
@@ -176,7 +179,8 @@ TEST_CASE("strided q/k/v/out views give the same result as contiguous ones", "[p
   test::CaseInputs in = test::case_inputs(c, width_of(c));
   HostTensor expected(in.q.shape());
   patch.attention(call_of(c, in, expected));
-  // q and out live inside [B, N, 2C] buffers (every other channel block), k/v broadcast-free copies.
+  // q and out live inside [B, N, 2C] buffers (every other channel block), k/v broadcast-free
+  // copies.
   const std::int64_t b = in.q.size(0), n = in.q.size(1), ch = in.q.size(2);
   HostTensor q_wide({b, n, 2 * ch}, 7.0f), out_wide({b, n, 2 * ch}, -3.0f);
   for (std::int64_t i = 0; i < b * n; ++i)
@@ -241,9 +245,15 @@ TEST_CASE("every bad argument is refused before anything is written", "[patch][e
       {"q channels: got 128, expected 64 (the layer's width C = heads x 64)",
        [&](AttentionCall& c) { c.q = q128.view(); }},
       {"k channels: got 128, expected 64 (the layer's width)",
-       [&](AttentionCall& c) { c.k = k128.view(); c.v = k128.view(); }},
+       [&](AttentionCall& c) {
+         c.k = k128.view();
+         c.v = k128.view();
+       }},
       {"k batch: got 3, expected 4 (q's batch) or 1",
-       [&](AttentionCall& c) { c.k = k3.view(); c.v = k3.view(); }},
+       [&](AttentionCall& c) {
+         c.k = k3.view();
+         c.v = k3.view();
+       }},
       {"v shape: got [4, 76, 64], expected [4, 77, 64] (k's shape)",
        [&](AttentionCall& c) { c.v = v76.view(); }},
       {"out shape: got [4, 25, 64], expected [4, 24, 64] (q's shape)",
@@ -257,7 +267,9 @@ TEST_CASE("every bad argument is refused before anything is written", "[patch][e
          c.k = TensorView::contiguous(k16.data(), DType::kBF16, Device{}, k.shape());
        }},
       {"q device: got cuda:0, expected cpu (the cpu backend's device)",
-       [&](AttentionCall& c) { c.q.device = Device{DeviceType::kCuda, 0}; }},
+       [&](AttentionCall& c) {
+         c.q.device = Device{DeviceType::kCuda, 0};
+       }},
       {"v data: got a null pointer for shape [4, 77, 64], expected memory",
        [&](AttentionCall& c) { c.v.data = nullptr; }},
       {"q shape: got [4, 0, 64], expected non-empty dimensions",
@@ -265,7 +277,10 @@ TEST_CASE("every bad argument is refused before anything is written", "[patch][e
       {"cond_or_uncond[1]: got 2, expected 0 (cond) or 1 (uncond)",
        [&](AttentionCall& c) { c.cond_or_uncond = cou_bad; }},
       {"batch: got 4, expected a multiple of the 3 cond_or_uncond chunks (B = G x P)",
-       [&](AttentionCall& c) { c.cond_or_uncond = cou3; c.num_chunks = 3; }},
+       [&](AttentionCall& c) {
+         c.cond_or_uncond = cou3;
+         c.num_chunks = 3;
+       }},
       {"cond_or_uncond: got a null pointer with num_chunks 2, expected num_chunks entries",
        [&](AttentionCall& c) { c.cond_or_uncond = nullptr; }},
       {"num_chunks: got 0, expected >= 1 with a cond_or_uncond array",
@@ -369,7 +384,8 @@ TEST_CASE("construction and stacking validate options, embeddings, tokens and mo
 TEST_CASE("unreached layers: a host that registers the middle block as (middle, 1)",
           "[patch][bookkeeping]") {
   const InstantIDModel& model = golden_model();
-  AttentionPatch patch(model, test::projection_embeds(test::projection_case("avg")), PatchOptions{});
+  AttentionPatch patch(model, test::projection_embeds(test::projection_case("avg")),
+                       PatchOptions{});
   // The host keeps patches keyed the way ApplyInstantID registers them ...
   std::vector<LayerId> registered;
   for (const LayerInfo& l : patch.layout().layers) {
@@ -387,8 +403,8 @@ TEST_CASE("unreached layers: a host that registers the middle block as (middle, 
       HostTensor q({2, 4, l.width}, 0.1f), k({2, 3, l.width}, 0.2f), v({2, 3, l.width}, 0.3f);
       HostTensor out(q.shape());
       const int cou[] = {1, 0};
-      AttentionCall call{q.view(), k.view(), v.view(), out.view(), l.id, 1.0, cou, 2, 0, 0,
-                         nullptr};
+      AttentionCall call{q.view(), k.view(), v.view(), out.view(), l.id,   1.0,
+                         cou,      2,        0,        0,          nullptr};
       patch.attention(call);
     }
   };
@@ -396,7 +412,8 @@ TEST_CASE("unreached layers: a host that registers the middle block as (middle, 
   run_step(registered);
   const std::vector<LayerId> missed = patch.unreached_layers();
   REQUIRE(missed.size() == 10);
-  for (int t = 0; t < 10; ++t) CHECK(missed[static_cast<std::size_t>(t)] == (LayerId{BlockType::kMiddle, 0, t}));
+  for (int t = 0; t < 10; ++t)
+    CHECK(missed[static_cast<std::size_t>(t)] == (LayerId{BlockType::kMiddle, 0, t}));
   // Registered correctly, every layer is reached; begin_step() starts the count again.
   std::vector<LayerId> all;
   for (const LayerInfo& l : patch.layout().layers) all.push_back(l.id);

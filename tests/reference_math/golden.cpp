@@ -141,12 +141,14 @@ double max_abs_diff(const HostTensor& a, const HostTensor& b) {
   return m;
 }
 
+// clang-format off
 const std::vector<ProjectionCase> kProjections = {
     {"avg", 101, 3, 1.0f, Combine::kAverage, 0.0f},
     {"navg", 101, 3, 1.0f, Combine::kNormAverage, 0.35f},
     {"concat", 102, 2, 1.0f, Combine::kConcat, 0.5f},
     {"single", 103, 1, 2.0f, Combine::kAverage, 1.0f},
 };
+// clang-format on
 
 const ProjectionCase& projection_case(const std::string& name) {
   for (const ProjectionCase& p : kProjections)
@@ -180,6 +182,7 @@ constexpr auto kOut = BlockType::kOutput;
 constexpr auto kMid = BlockType::kMiddle;
 }  // namespace
 
+// clang-format off
 // Order matters: a case's input seed is 1000 + 10 · its position (as in make_goldens.py).
 const std::vector<AttentionCase> kAttentionCases = {
     {"vonly_text77", {kIn, 4, 0}, 2, 40, 77, {1, 0}, 5.0, 0, 0,
@@ -209,10 +212,12 @@ const std::vector<AttentionCase> kAttentionCases = {
     {"nosigma", {kOut, 1, 0}, 2, 20, 77, {1, 0}, std::nullopt, 0, 0,
      {{"avg", 0.8f, kV, 0.0f, 1.0f, nullptr}, {"single", 0.7f, kKV, 0.1f, 1.0f, nullptr}}, false},
 };
+// clang-format on
 
 std::uint32_t AttentionCase::seed() const {
   for (std::size_t i = 0; i < kAttentionCases.size(); ++i)
-    if (kAttentionCases[i].name == std::string(name)) return 1000 + 10 * static_cast<std::uint32_t>(i);
+    if (kAttentionCases[i].name == std::string(name))
+      return 1000 + 10 * static_cast<std::uint32_t>(i);
   throw Error(std::string("no attention case ") + name);
 }
 

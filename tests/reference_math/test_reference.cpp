@@ -11,8 +11,8 @@
 namespace instantid {
 namespace {
 
-using test::goldens;
 using test::golden_model;
+using test::goldens;
 using test::rel_l2;
 
 constexpr double kTol = 1e-5;  // relative L2 against the float64-evaluated goldens
@@ -34,9 +34,9 @@ TEST_CASE("torch_rand equals torch.manual_seed + torch.rand bit for bit", "[refe
 }
 
 TEST_CASE("noise_seed follows Python's int() and % semantics", "[reference][noise]") {
-  const float positive[] = {1.75f, 2.5f};      // 4.25 → 4
-  const float negative[] = {-1.75f, -2.5f};    // -4.25 → int -4 → -4 % 1000000007 = 1000000003
-  const float big[] = {1.0e9f, 2.0e8f};        // 1.2e9 → 1200000000 % 1000000007 = 199999993
+  const float positive[] = {1.75f, 2.5f};    // 4.25 → 4
+  const float negative[] = {-1.75f, -2.5f};  // -4.25 → int -4 → -4 % 1000000007 = 1000000003
+  const float big[] = {1.0e9f, 2.0e8f};      // 1.2e9 → 1200000000 % 1000000007 = 199999993
   CHECK(ref::noise_seed(positive, 2) == 4);
   CHECK(ref::noise_seed(negative, 2) == 1000000003);
   CHECK(ref::noise_seed(big, 2) == 199999993);
@@ -56,8 +56,8 @@ TEST_CASE("combine, noise and the Resampler match PyTorch", "[reference][resampl
     const HostTensor uncond = ref::uncond_input(cond_input, p.noise);
     const std::int64_t seed = goldens().i64(base + "seed").at(0);
     if (p.noise > 0) {
-      CHECK(static_cast<std::int64_t>(ref::noise_seed(cond_input.data(), static_cast<std::size_t>(
-                                                          cond_input.numel()))) == seed);
+      CHECK(static_cast<std::int64_t>(ref::noise_seed(
+                cond_input.data(), static_cast<std::size_t>(cond_input.numel()))) == seed);
       CHECK(bit_equal(uncond, goldens().f32(base + "uncond_input")));
     } else {
       CHECK(seed == -1);
@@ -82,9 +82,9 @@ TEST_CASE("Resampler input errors name the shape", "[reference][resampler]") {
                     "combine_embeddings embeds: got [2, 3, 64], expected [N, E] or [N, 1, E]");
   CHECK_THROWS_WITH(ref::uncond_input(HostTensor({1, 1, 64}), -1.0f),
                     "uncond_input noise: got -1, expected a finite value >= 0");
-  CHECK_THROWS_WITH(project_face_embeddings(golden_model(), HostTensor({2, 512}),
-                                            Combine::kAverage, 0.0f),
-                    "face embeddings: got [2, 512], expected [N, 64] or [N, 1, 64]");
+  CHECK_THROWS_WITH(
+      project_face_embeddings(golden_model(), HostTensor({2, 512}), Combine::kAverage, 0.0f),
+      "face embeddings: got [2, 512], expected [N, 64] or [N, 1, 64]");
 }
 
 TEST_CASE("ip K/V with each embeds_scaling mode match PyTorch", "[reference][ipkv]") {
@@ -125,9 +125,9 @@ HostTensor patched_attn2(const test::AttentionCase& c, const test::CaseInputs& i
       mask_rows = ref::layer_mask(test::golden_mask(id.mask), c.original_height, c.original_width,
                                   c.tokens);
     }
-    const HostTensor ip = ref::ip_attention(in.q, kv, c.cond_or_uncond,
-                                            ref::ip_output_scale(id.scaling, id.weight),
-                                            id.mask != nullptr ? &mask_rows : nullptr);
+    const HostTensor ip =
+        ref::ip_attention(in.q, kv, c.cond_or_uncond, ref::ip_output_scale(id.scaling, id.weight),
+                          id.mask != nullptr ? &mask_rows : nullptr);
     for (std::int64_t i = 0; i < out.numel(); ++i) out.data()[i] += ip.data()[i];
   }
   return out;
@@ -145,8 +145,10 @@ TEST_CASE("patched attention cases match the ComfyUI formulas in PyTorch", "[ref
     const HostTensor out = patched_attn2(c, in, layer);
     const HostTensor expected = goldens().f32(base + "out");
     CHECK(rel_l2(out, expected) <= kTol);
-    if (std::string(c.name) == "gated_none") CHECK(bit_equal(out, text));  // inactive: text only
-    else CHECK(rel_l2(text, expected) > 1e-3);  // the ip term is really there
+    if (std::string(c.name) == "gated_none")
+      CHECK(bit_equal(out, text));  // inactive: text only
+    else
+      CHECK(rel_l2(text, expected) > 1e-3);  // the ip term is really there
   }
 }
 
@@ -166,15 +168,15 @@ TEST_CASE("attention broadcasts k/v with batch 1 and checks shapes", "[reference
                                         test::hash_values(6, {1, 1, 64}, 1.0f), one_v);
   for (int n = 0; n < 3; ++n)
     for (int j = 0; j < 64; ++j) REQUIRE(out.data()[n * 64 + j] == one_v.data()[j]);
-  CHECK_THROWS_WITH(ref::attention(HostTensor({1, 2, 96}), HostTensor({1, 2, 96}),
-                                   HostTensor({1, 2, 96})),
-                    "attention channels: got 96, expected a positive multiple of 64");
-  CHECK_THROWS_WITH(ref::attention(HostTensor({2, 2, 64}), HostTensor({3, 2, 64}),
-                                   HostTensor({3, 2, 64})),
-                    "attention k batch: got 3, expected 2 or 1");
-  CHECK_THROWS_WITH(ref::attention(HostTensor({2, 2, 64}), HostTensor({2, 2, 64}),
-                                   HostTensor({2, 3, 64})),
-                    "attention v: got [2, 3, 64], expected [2, 2, 64] (the shape of k)");
+  CHECK_THROWS_WITH(
+      ref::attention(HostTensor({1, 2, 96}), HostTensor({1, 2, 96}), HostTensor({1, 2, 96})),
+      "attention channels: got 96, expected a positive multiple of 64");
+  CHECK_THROWS_WITH(
+      ref::attention(HostTensor({2, 2, 64}), HostTensor({3, 2, 64}), HostTensor({3, 2, 64})),
+      "attention k batch: got 3, expected 2 or 1");
+  CHECK_THROWS_WITH(
+      ref::attention(HostTensor({2, 2, 64}), HostTensor({2, 2, 64}), HostTensor({2, 3, 64})),
+      "attention v: got [2, 3, 64], expected [2, 2, 64] (the shape of k)");
 }
 
 TEST_CASE("layer_mask and bilinear_resize match F.interpolate + pad", "[reference][mask]") {
@@ -231,8 +233,7 @@ TEST_CASE("DiscreteSchedule equals ComfyUI's ModelSamplingDiscrete bit for bit",
           "[reference][schedule]") {
   const DiscreteSchedule schedule;
   CHECK(bit_equal(HostTensor({1000}, schedule.sigmas()), goldens().f32("schedule.sigmas")));
-  CHECK(bit_equal(HostTensor({1000}, schedule.log_sigmas()),
-                  goldens().f32("schedule.log_sigmas")));
+  CHECK(bit_equal(HostTensor({1000}, schedule.log_sigmas()), goldens().f32("schedule.log_sigmas")));
   const std::vector<double> percents = goldens().f64("schedule.percents");
   const std::vector<double> sigmas = goldens().f64("schedule.percent_to_sigma");
   REQUIRE(percents.size() == sigmas.size());
@@ -308,7 +309,8 @@ TEST_CASE("the committed checkpoint loads from both formats and gives the same t
   const HostTensor embeds = test::projection_embeds(p);
   for (const char* file : {"model.bin", "model.safetensors"}) {
     INFO("checkpoint " << file);
-    const InstantIDModel model = InstantIDModel::load(test::golden_path(file), test::golden_layout());
+    const InstantIDModel model =
+        InstantIDModel::load(test::golden_path(file), test::golden_layout());
     CHECK(model.output_dim() == 32);
     CHECK(model.storage_dtype() == DType::kF16);
     REQUIRE(model.tensors().size() == expected.tensors().size());

@@ -14,7 +14,8 @@ namespace instantid {
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // Uniform weights with the variance of torch's default init scale (1 / fan_in), LayerNorm weights
@@ -52,25 +53,28 @@ TEST_CASE("SDXL shapes: Resampler against float64", "[reference][sdxl]") {
   INFO("relative L2 error of the float32 Resampler: " << err);
   CHECK(err <= 1e-5);
 
-  const ImageTokens concat = project_face_embeddings(
-      model, test::hash_values(78, {2, 512}, 1.0f), Combine::kConcat, 0.25f);
+  const ImageTokens concat = project_face_embeddings(model, test::hash_values(78, {2, 512}, 1.0f),
+                                                     Combine::kConcat, 0.25f);
   CHECK(concat.cond.shape() == std::vector<std::int64_t>{1, 32, 2048});
   CHECK(concat.uncond_input.shape() == std::vector<std::int64_t>{2, 1, 512});
 }
 
 TEST_CASE("SDXL shapes: ip K/V of a 640 and a 1280 layer against float64", "[reference][sdxl]") {
   const InstantIDModel& model = sdxl_model();
-  const ImageTokens tokens =
-      project_face_embeddings(model, test::hash_values(79, {1, 512}, 1.0f), Combine::kAverage, 0.0f);
+  const ImageTokens tokens = project_face_embeddings(model, test::hash_values(79, {1, 512}, 1.0f),
+                                                     Combine::kAverage, 0.0f);
   for (const LayerId id : {LayerId{BlockType::kInput, 4, 0}, LayerId{BlockType::kMiddle, 0, 9}}) {
     const int n = model.layout().index_of(id);
     INFO("layer " << layer_id_string(id));
     const ref::IpKeyValues kv = ref::ip_key_values(model, tokens, n, EmbedsScaling::kVOnly, 1.0f);
     const test::Matrix64 cond = test::to_matrix64(tokens.cond.data(), 16, 2048);
     const test::Matrix64 uncond = test::to_matrix64(tokens.uncond.data(), 16, 2048);
-    CHECK(test::rel_l2_64(kv.k_cond.data(), test::linear64(cond, model.to_k_ip(n), nullptr)) <= 1e-6);
-    CHECK(test::rel_l2_64(kv.v_cond.data(), test::linear64(cond, model.to_v_ip(n), nullptr)) <= 1e-6);
-    CHECK(test::rel_l2_64(kv.v_uncond.data(), test::linear64(uncond, model.to_v_ip(n), nullptr)) <= 1e-6);
+    CHECK(test::rel_l2_64(kv.k_cond.data(), test::linear64(cond, model.to_k_ip(n), nullptr)) <=
+          1e-6);
+    CHECK(test::rel_l2_64(kv.v_cond.data(), test::linear64(cond, model.to_v_ip(n), nullptr)) <=
+          1e-6);
+    CHECK(test::rel_l2_64(kv.v_uncond.data(), test::linear64(uncond, model.to_v_ip(n), nullptr)) <=
+          1e-6);
   }
 }
 
@@ -91,8 +95,8 @@ TEST_CASE("SDXL shapes: AttentionPatch rows against float64, unreached middle la
     LayerId id;
     std::int64_t tokens;
   };
-  for (const Layer& layer : {Layer{{BlockType::kInput, 4, 1}, 64 * 48},
-                             Layer{{BlockType::kMiddle, 0, 3}, 32 * 24}}) {
+  for (const Layer& layer :
+       {Layer{{BlockType::kInput, 4, 1}, 64 * 48}, Layer{{BlockType::kMiddle, 0, 3}, 32 * 24}}) {
     const int index = model.layout().index_of(layer.id);
     const int c = model.layout().layers[static_cast<std::size_t>(index)].width;
     INFO("layer " << layer_id_string(layer.id) << ", " << layer.tokens << " tokens, width " << c);
@@ -111,7 +115,8 @@ TEST_CASE("SDXL shapes: AttentionPatch rows against float64, unreached middle la
       const test::Matrix64 iv = test::linear64(tok, model.to_v_ip(index), nullptr);
       const test::Matrix64 tk = test::to_matrix64(k.data() + b * 77 * c, 77, c);
       const test::Matrix64 tv = test::to_matrix64(v.data() + b * 77 * c, 77, c);
-      for (std::int64_t n : {std::int64_t{0}, std::int64_t{1}, layer.tokens / 2 + 3, layer.tokens - 1}) {
+      for (std::int64_t n :
+           {std::int64_t{0}, std::int64_t{1}, layer.tokens / 2 + 3, layer.tokens - 1}) {
         const std::vector<double> qrow(q.data() + (b * layer.tokens + n) * c,
                                        q.data() + (b * layer.tokens + n + 1) * c);
         test::Matrix64 expected(1, std::vector<double>(static_cast<std::size_t>(c)));
