@@ -82,8 +82,11 @@ TEST_CASE("norm_crop of real photographs: exact with skimage's matrix, ±1 LSB w
         CHECK(diff_exact == 0);  // same decoded pixels: warpAffine must be bit-exact
         CHECK(diff_ours == 0);  // our Umeyama reproduces skimage's matrix bit for bit
       } else {
-        // JPEG: stb_image and libjpeg-turbo decode slightly differently.
-        CHECK(max_ours <= 40);
+        // JPEG: stb_image and libjpeg-turbo decode slightly differently; report how much.
+        WARN(name << " / " << det << " (JPEG decoded by stb_image, golden by libjpeg-turbo): "
+                  << diff_ours << " of " << golden.pixels.size() << " crop values differ, max "
+                  << max_ours);
+        CHECK(max_ours <= 4);
       }
     }
   }
