@@ -36,8 +36,8 @@ using Shapes = std::map<std::string, std::vector<std::int64_t>>;
 
 // Deterministic finite values: element i of tensor t.
 float value_at(std::size_t tensor_index, std::int64_t i) {
-  std::uint32_t x = static_cast<std::uint32_t>(i) * 2654435761u + static_cast<std::uint32_t>(
-                                                                     tensor_index) * 40503u;
+  std::uint32_t x = static_cast<std::uint32_t>(i) * 2654435761u +
+                    static_cast<std::uint32_t>(tensor_index) * 40503u;
   x ^= x >> 15;
   return static_cast<float>(static_cast<std::int32_t>(x & 0xffff) - 32768) * (1.0f / 65536.0f);
 }
@@ -62,7 +62,8 @@ void write_safetensors(const std::string& path, const Shapes& shapes) {
   std::uint64_t offset = 0;
   for (const auto& [name, shape] : shapes) {
     std::string dims;
-    for (std::size_t i = 0; i < shape.size(); ++i) dims += (i ? "," : "") + std::to_string(shape[i]);
+    for (std::size_t i = 0; i < shape.size(); ++i)
+      dims += (i ? "," : "") + std::to_string(shape[i]);
     const std::uint64_t bytes = static_cast<std::uint64_t>(numel(shape)) * 4;
     header += (offset || header.size() > 1 ? "," : "") + std::string("\"") + name +
               "\":{\"dtype\":\"F32\",\"shape\":[" + dims + "],\"data_offsets\":[" +
@@ -117,7 +118,8 @@ struct Pickle {
       stride *= shape[i];
     }
     for (std::int64_t s : strides) integer(s);
-    b += "t\x89" "ccollections\nOrderedDict\n)R";
+    b += "t\x89"
+         "ccollections\nOrderedDict\n)R";
     b += "tR";
   }
 };
@@ -317,10 +319,10 @@ double copy_peer(const std::string& path) {
 
 int main(int argc, char** argv) {
   const bool temp = argc < 2;
-  const std::filesystem::path dir =
-      temp ? std::filesystem::temp_directory_path() / ("instantid_bench_ckpt_" +
-                                                       std::to_string(::getpid()))
-           : std::filesystem::path(argv[1]);
+  const std::filesystem::path dir = temp
+                                        ? std::filesystem::temp_directory_path() /
+                                              ("instantid_bench_ckpt_" + std::to_string(::getpid()))
+                                        : std::filesystem::path(argv[1]);
   const int runs = argc >= 3 ? std::max(1, std::atoi(argv[2])) : 5;
   std::filesystem::create_directories(dir);
   const ModelLayout layout = ModelLayout::sdxl();
@@ -336,8 +338,8 @@ int main(int argc, char** argv) {
   const std::string device =
       "cpu: " + cpu_name() + " x" + std::to_string(std::thread::hardware_concurrency());
   int status = 0;
-  for (const auto& [format, path] : {std::pair<std::string, std::string>{"safetensors", st_path},
-                                     {"torch_zip", bin_path}}) {
+  for (const auto& [format, path] :
+       {std::pair<std::string, std::string>{"safetensors", st_path}, {"torch_zip", bin_path}}) {
     // Correctness before timing: every tensor holds the values written.
     {
       const InstantIDModel model = InstantIDModel::load(path, layout);

@@ -20,16 +20,16 @@ namespace instantid {
 // limit, before memory is allocated for it. Defaults fit the 1.7 GB InstantID checkpoint with a
 // wide margin.
 struct ReaderLimits {
-  std::uint64_t max_header_bytes = 100ull << 20;    // safetensors JSON header (as safetensors-rs)
-  std::uint64_t max_tensors = 1u << 16;             // tensors per file
-  std::int64_t max_tensor_elements = 1ll << 34;     // elements of one tensor (64 GiB of f32)
-  int max_ndim = 8;                                 // dimensions of one tensor
-  std::uint64_t max_zip_entries = 1u << 17;         // entries of a torch zip archive
-  std::uint64_t max_pickle_bytes = 64ull << 20;     // size of <archive>/data.pkl
-  int max_pickle_depth = 32;                        // nesting of containers in the pickle
-  std::uint64_t max_pickle_stack = 1u << 20;        // pickle VM stack entries
-  std::uint64_t max_pickle_memo = 1u << 20;         // pickle memo entries
-  std::uint64_t max_string_bytes = 1u << 16;        // one pickle string, a name or a zip entry name
+  std::uint64_t max_header_bytes = 100ull << 20;  // safetensors JSON header (as safetensors-rs)
+  std::uint64_t max_tensors = 1u << 16;           // tensors per file
+  std::int64_t max_tensor_elements = 1ll << 34;   // elements of one tensor (64 GiB of f32)
+  int max_ndim = 8;                               // dimensions of one tensor
+  std::uint64_t max_zip_entries = 1u << 17;       // entries of a torch zip archive
+  std::uint64_t max_pickle_bytes = 64ull << 20;   // size of <archive>/data.pkl
+  int max_pickle_depth = 32;                      // nesting of containers in the pickle
+  std::uint64_t max_pickle_stack = 1u << 20;      // pickle VM stack entries
+  std::uint64_t max_pickle_memo = 1u << 20;       // pickle memo entries
+  std::uint64_t max_string_bytes = 1u << 16;      // one pickle string, a name or a zip entry name
 };
 
 enum class CheckpointFormat : std::uint8_t { kSafetensors, kTorchZip };
@@ -45,7 +45,7 @@ struct ByteSpan {
 // element (i0, i1, ...) is at data + dtype_size * sum(i_k * strides[k]). The readers guarantee
 // every reachable element lies within the buffer. The pointer may be unaligned.
 struct CheckpointTensor {
-  std::string name;                   // flat: "image_proj.latents", "ip_adapter.1.to_k_ip.weight"
+  std::string name;  // flat: "image_proj.latents", "ip_adapter.1.to_k_ip.weight"
   DType dtype = DType::kF32;
   std::vector<std::int64_t> shape;
   std::vector<std::int64_t> strides;  // in elements; row-major contiguous for safetensors
@@ -115,8 +115,7 @@ class CheckpointFile {
   // Maps `path` and parses it (format by content). Errors name the path.
   static CheckpointFile open(const std::string& path, const ReaderLimits& limits = {});
   // Parses a copy of `bytes` held by this object; `source` names it in errors.
-  static CheckpointFile from_bytes(std::vector<std::uint8_t> bytes,
-                                   const ReaderLimits& limits = {},
+  static CheckpointFile from_bytes(std::vector<std::uint8_t> bytes, const ReaderLimits& limits = {},
                                    const std::string& source = "memory");
 
   CheckpointFormat format() const { return format_; }

@@ -5,9 +5,9 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <iterator>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <utility>
 
 #include "instantid/checkpoint.hpp"
@@ -74,12 +74,32 @@ class ConvertingIterator {
     return v;
   }
   float operator[](std::ptrdiff_t k) const { return *(*this + k); }
-  ConvertingIterator& operator++() { ++i_; return *this; }
-  ConvertingIterator operator++(int) { ConvertingIterator t = *this; ++i_; return t; }
-  ConvertingIterator& operator--() { --i_; return *this; }
-  ConvertingIterator operator--(int) { ConvertingIterator t = *this; --i_; return t; }
-  ConvertingIterator& operator+=(std::ptrdiff_t k) { i_ += k; return *this; }
-  ConvertingIterator& operator-=(std::ptrdiff_t k) { i_ -= k; return *this; }
+  ConvertingIterator& operator++() {
+    ++i_;
+    return *this;
+  }
+  ConvertingIterator operator++(int) {
+    ConvertingIterator t = *this;
+    ++i_;
+    return t;
+  }
+  ConvertingIterator& operator--() {
+    --i_;
+    return *this;
+  }
+  ConvertingIterator operator--(int) {
+    ConvertingIterator t = *this;
+    --i_;
+    return t;
+  }
+  ConvertingIterator& operator+=(std::ptrdiff_t k) {
+    i_ += k;
+    return *this;
+  }
+  ConvertingIterator& operator-=(std::ptrdiff_t k) {
+    i_ -= k;
+    return *this;
+  }
   ConvertingIterator operator+(std::ptrdiff_t k) const { return {data_, dtype_, i_ + k}; }
   ConvertingIterator operator-(std::ptrdiff_t k) const { return {data_, dtype_, i_ - k}; }
   std::ptrdiff_t operator-(const ConvertingIterator& o) const { return i_ - o.i_; }
@@ -153,7 +173,8 @@ HostTensor CheckpointTensor::to_float(bool reject_non_finite) const {
       append_run(data + static_cast<std::size_t>(done) * elem, dtype, k, values);
       if (reject_non_finite) {
         const std::int64_t bad = first_non_finite(values.data() + done, k);
-        if (bad >= 0) throw_non_finite(name, done + bad, values[static_cast<std::size_t>(done + bad)]);
+        if (bad >= 0)
+          throw_non_finite(name, done + bad, values[static_cast<std::size_t>(done + bad)]);
       }
     }
   } else if (n > 0) {
@@ -221,7 +242,8 @@ CheckpointFile CheckpointFile::open(const std::string& path, const ReaderLimits&
   }
   if (st.st_size == 0) {
     ::close(fd);
-    throw Error(make_message(path, ": checkpoint file is empty: got 0 bytes, expected a "
+    throw Error(make_message(path,
+                             ": checkpoint file is empty: got 0 bytes, expected a "
                              "safetensors or torch.save file"));
   }
   auto mapping = std::make_shared<Mapping>();

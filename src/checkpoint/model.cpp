@@ -42,12 +42,13 @@ int validate(const ShapeMap& shapes, const ModelLayout& layout, const std::strin
   std::vector<std::string> problems;
   if (output_dim <= 0) {
     problems.push_back(make_message(
-        "cannot read D_out: ",
-        layout.layers.empty() ? std::string("the layout has no layers")
-                              : to_k_name(layout.layers[0].checkpoint_key) +
-                                    " and image_proj.proj_out.weight are missing or not 2-D"));
+        "cannot read D_out: ", layout.layers.empty()
+                                   ? std::string("the layout has no layers")
+                                   : to_k_name(layout.layers[0].checkpoint_key) +
+                                         " and image_proj.proj_out.weight are missing or not 2-D"));
   }
-  const ShapeMap expected = InstantIDModel::expected_shapes(layout, output_dim > 0 ? output_dim : 0);
+  const ShapeMap expected =
+      InstantIDModel::expected_shapes(layout, output_dim > 0 ? output_dim : 0);
   for (const auto& [name, shape] : expected) {
     auto it = shapes.find(name);
     if (it == shapes.end()) {
@@ -63,10 +64,10 @@ int validate(const ShapeMap& shapes, const ModelLayout& layout, const std::strin
     }
   }
   if (!problems.empty()) {
-    std::string message = make_message("InstantID checkpoint ", source, ": ", problems.size(),
-                                       " tensor(s) do not match the layout (",
-                                       layout.num_layers(), " layers, Resampler dim ", layout.dim,
-                                       ", D_out ", output_dim, "):");
+    std::string message =
+        make_message("InstantID checkpoint ", source, ": ", problems.size(),
+                     " tensor(s) do not match the layout (", layout.num_layers(),
+                     " layers, Resampler dim ", layout.dim, ", D_out ", output_dim, "):");
     for (const std::string& p : problems) message += "\n  " + p;
     throw Error(message);
   }

@@ -1,6 +1,5 @@
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "bytes.hpp"
@@ -33,7 +32,8 @@ void check_json_depth(const std::uint8_t* p, std::size_t n) {
     } else if (c == '{' || c == '[') {
       if (++depth > kMaxJsonDepth) {
         throw Error(make_message("safetensors header: JSON nesting deeper than ", kMaxJsonDepth,
-                                 " at header byte ", i, ", expected {name: {dtype, shape, "
+                                 " at header byte ", i,
+                                 ", expected {name: {dtype, shape, "
                                  "data_offsets}}"));
       }
     } else if (c == '}' || c == ']') {
@@ -124,9 +124,9 @@ std::vector<CheckpointTensor> parse_safetensors(ByteSpan bytes, const ReaderLimi
       continue;
     }
     if (name.size() > limits.max_string_bytes) {
-      throw Error(make_message("safetensors: tensor name of ", name.size(),
-                               " bytes exceeds the limit max_string_bytes = ",
-                               limits.max_string_bytes));
+      throw Error(
+          make_message("safetensors: tensor name of ", name.size(),
+                       " bytes exceeds the limit max_string_bytes = ", limits.max_string_bytes));
     }
     if (!v.is_object()) {
       throw Error(make_message("safetensors tensor \"", name, "\": got a JSON ", v.type_name(),
@@ -158,9 +158,9 @@ std::vector<CheckpointTensor> parse_safetensors(ByteSpan bytes, const ReaderLimi
       e.tensor.shape.push_back(static_cast<std::int64_t>(size));
     }
     if (overflow || numel > static_cast<std::uint64_t>(limits.max_tensor_elements)) {
-      throw Error(make_message("safetensors tensor \"", name, "\": shape ", shape.dump(),
-                               " has more elements than the limit max_tensor_elements = ",
-                               limits.max_tensor_elements));
+      throw Error(make_message(
+          "safetensors tensor \"", name, "\": shape ", shape.dump(),
+          " has more elements than the limit max_tensor_elements = ", limits.max_tensor_elements));
     }
     // Row-major strides.
     e.tensor.strides.assign(e.tensor.shape.size(), 1);
@@ -182,9 +182,9 @@ std::vector<CheckpointTensor> parse_safetensors(ByteSpan bytes, const ReaderLimi
     const std::uint64_t nbytes = numel * dtype_size(e.tensor.dtype);
     if (e.end - e.begin != nbytes) {
       throw Error(make_message("safetensors tensor \"", name, "\": data_offsets [", e.begin, ", ",
-                               e.end, "] hold ", e.end - e.begin, " bytes, expected ", nbytes,
-                               " (", dtype_name(e.tensor.dtype), " × ",
-                               shape_string(e.tensor.shape), ")"));
+                               e.end, "] hold ", e.end - e.begin, " bytes, expected ", nbytes, " (",
+                               dtype_name(e.tensor.dtype), " × ", shape_string(e.tensor.shape),
+                               ")"));
     }
     e.tensor.data = data + e.begin;
     entries.push_back(std::move(e));
@@ -203,15 +203,16 @@ std::vector<CheckpointTensor> parse_safetensors(ByteSpan bytes, const ReaderLimi
                                ", expected >= ", cursor));
     }
     if (e.begin > cursor) {
-      throw Error(make_message("safetensors: data bytes [", cursor, ", ", e.begin,
-                               ") belong to no tensor, expected tensors to cover the data section"));
+      throw Error(
+          make_message("safetensors: data bytes [", cursor, ", ", e.begin,
+                       ") belong to no tensor, expected tensors to cover the data section"));
     }
     cursor = e.end;
     previous = &e.tensor.name;
   }
   if (cursor != data_size) {
-    throw Error(make_message("safetensors: data section has ", data_size,
-                             " bytes, expected ", cursor, " (the end of the last tensor)"));
+    throw Error(make_message("safetensors: data section has ", data_size, " bytes, expected ",
+                             cursor, " (the end of the last tensor)"));
   }
   std::vector<CheckpointTensor> tensors;
   tensors.reserve(entries.size());

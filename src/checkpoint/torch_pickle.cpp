@@ -18,27 +18,53 @@ using namespace checkpoint_detail;
 
 namespace {
 
-enum class Kind : std::uint8_t { kNone, kBool, kInt, kString, kTuple, kList, kDict, kGlobal,
-                                 kStorage, kTensor };
+enum class Kind : std::uint8_t {
+  kNone,
+  kBool,
+  kInt,
+  kString,
+  kTuple,
+  kList,
+  kDict,
+  kGlobal,
+  kStorage,
+  kTensor
+};
 
 const char* kind_name(Kind k) {
   switch (k) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kString: return "str";
-    case Kind::kTuple: return "tuple";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kGlobal: return "global";
-    case Kind::kStorage: return "storage";
-    case Kind::kTensor: return "tensor";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kString:
+      return "str";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kGlobal:
+      return "global";
+    case Kind::kStorage:
+      return "storage";
+    case Kind::kTensor:
+      return "tensor";
   }
   return "?";
 }
 
-enum class Global : std::uint8_t { kOrderedDict, kRebuildTensorV2, kRebuildParameter,
-                                   kFloatStorage, kHalfStorage, kBFloat16Storage };
+enum class Global : std::uint8_t {
+  kOrderedDict,
+  kRebuildTensorV2,
+  kRebuildParameter,
+  kFloatStorage,
+  kHalfStorage,
+  kBFloat16Storage
+};
 
 struct GlobalName {
   const char* module;
@@ -57,86 +83,155 @@ constexpr GlobalName kAllowedGlobals[] = {
 
 struct Object {
   Kind kind = Kind::kNone;
-  std::int64_t value = 0;            // bool, int; storage: numel; tensor: storage offset
-  std::string text;                  // str; storage: key
-  std::vector<std::size_t> items;    // tuple, list; dict: key, value, key, value...; tensor: storage
+  std::int64_t value = 0;          // bool, int; storage: numel; tensor: storage offset
+  std::string text;                // str; storage: key
+  std::vector<std::size_t> items;  // tuple, list; dict: key, value, key, value...; tensor: storage
   Global global = Global::kOrderedDict;
-  DType dtype = DType::kF32;         // storage
-  std::vector<std::int64_t> shape;   // tensor
-  std::vector<std::int64_t> strides; // tensor
+  DType dtype = DType::kF32;          // storage
+  std::vector<std::int64_t> shape;    // tensor
+  std::vector<std::int64_t> strides;  // tensor
 };
 
 const char* opcode_name(std::uint8_t op) {
   switch (op) {
-    case '(': return "MARK";
-    case '.': return "STOP";
-    case '0': return "POP";
-    case '1': return "POP_MARK";
-    case '2': return "DUP";
-    case 'F': return "FLOAT";
-    case 'I': return "INT";
-    case 'J': return "BININT";
-    case 'K': return "BININT1";
-    case 'L': return "LONG";
-    case 'M': return "BININT2";
-    case 'N': return "NONE";
-    case 'P': return "PERSID";
-    case 'Q': return "BINPERSID";
-    case 'R': return "REDUCE";
-    case 'S': return "STRING";
-    case 'T': return "BINSTRING";
-    case 'U': return "SHORT_BINSTRING";
-    case 'V': return "UNICODE";
-    case 'X': return "BINUNICODE";
-    case 'a': return "APPEND";
-    case 'b': return "BUILD";
-    case 'c': return "GLOBAL";
-    case 'd': return "DICT";
-    case '}': return "EMPTY_DICT";
-    case 'e': return "APPENDS";
-    case 'g': return "GET";
-    case 'h': return "BINGET";
-    case 'i': return "INST";
-    case 'j': return "LONG_BINGET";
-    case 'l': return "LIST";
-    case ']': return "EMPTY_LIST";
-    case 'o': return "OBJ";
-    case 'p': return "PUT";
-    case 'q': return "BINPUT";
-    case 'r': return "LONG_BINPUT";
-    case 's': return "SETITEM";
-    case 't': return "TUPLE";
-    case ')': return "EMPTY_TUPLE";
-    case 'u': return "SETITEMS";
-    case 'G': return "BINFLOAT";
-    case 0x80: return "PROTO";
-    case 0x81: return "NEWOBJ";
-    case 0x82: return "EXT1";
-    case 0x83: return "EXT2";
-    case 0x84: return "EXT4";
-    case 0x85: return "TUPLE1";
-    case 0x86: return "TUPLE2";
-    case 0x87: return "TUPLE3";
-    case 0x88: return "NEWTRUE";
-    case 0x89: return "NEWFALSE";
-    case 0x8a: return "LONG1";
-    case 0x8b: return "LONG4";
-    case 'B': return "BINBYTES";
-    case 'C': return "SHORT_BINBYTES";
-    case 0x8c: return "SHORT_BINUNICODE";
-    case 0x8d: return "BINUNICODE8";
-    case 0x8e: return "BINBYTES8";
-    case 0x8f: return "EMPTY_SET";
-    case 0x90: return "ADDITEMS";
-    case 0x91: return "FROZENSET";
-    case 0x92: return "NEWOBJ_EX";
-    case 0x93: return "STACK_GLOBAL";
-    case 0x94: return "MEMOIZE";
-    case 0x95: return "FRAME";
-    case 0x96: return "BYTEARRAY8";
-    case 0x97: return "NEXT_BUFFER";
-    case 0x98: return "READONLY_BUFFER";
-    default: return "unknown";
+    case '(':
+      return "MARK";
+    case '.':
+      return "STOP";
+    case '0':
+      return "POP";
+    case '1':
+      return "POP_MARK";
+    case '2':
+      return "DUP";
+    case 'F':
+      return "FLOAT";
+    case 'I':
+      return "INT";
+    case 'J':
+      return "BININT";
+    case 'K':
+      return "BININT1";
+    case 'L':
+      return "LONG";
+    case 'M':
+      return "BININT2";
+    case 'N':
+      return "NONE";
+    case 'P':
+      return "PERSID";
+    case 'Q':
+      return "BINPERSID";
+    case 'R':
+      return "REDUCE";
+    case 'S':
+      return "STRING";
+    case 'T':
+      return "BINSTRING";
+    case 'U':
+      return "SHORT_BINSTRING";
+    case 'V':
+      return "UNICODE";
+    case 'X':
+      return "BINUNICODE";
+    case 'a':
+      return "APPEND";
+    case 'b':
+      return "BUILD";
+    case 'c':
+      return "GLOBAL";
+    case 'd':
+      return "DICT";
+    case '}':
+      return "EMPTY_DICT";
+    case 'e':
+      return "APPENDS";
+    case 'g':
+      return "GET";
+    case 'h':
+      return "BINGET";
+    case 'i':
+      return "INST";
+    case 'j':
+      return "LONG_BINGET";
+    case 'l':
+      return "LIST";
+    case ']':
+      return "EMPTY_LIST";
+    case 'o':
+      return "OBJ";
+    case 'p':
+      return "PUT";
+    case 'q':
+      return "BINPUT";
+    case 'r':
+      return "LONG_BINPUT";
+    case 's':
+      return "SETITEM";
+    case 't':
+      return "TUPLE";
+    case ')':
+      return "EMPTY_TUPLE";
+    case 'u':
+      return "SETITEMS";
+    case 'G':
+      return "BINFLOAT";
+    case 0x80:
+      return "PROTO";
+    case 0x81:
+      return "NEWOBJ";
+    case 0x82:
+      return "EXT1";
+    case 0x83:
+      return "EXT2";
+    case 0x84:
+      return "EXT4";
+    case 0x85:
+      return "TUPLE1";
+    case 0x86:
+      return "TUPLE2";
+    case 0x87:
+      return "TUPLE3";
+    case 0x88:
+      return "NEWTRUE";
+    case 0x89:
+      return "NEWFALSE";
+    case 0x8a:
+      return "LONG1";
+    case 0x8b:
+      return "LONG4";
+    case 'B':
+      return "BINBYTES";
+    case 'C':
+      return "SHORT_BINBYTES";
+    case 0x8c:
+      return "SHORT_BINUNICODE";
+    case 0x8d:
+      return "BINUNICODE8";
+    case 0x8e:
+      return "BINBYTES8";
+    case 0x8f:
+      return "EMPTY_SET";
+    case 0x90:
+      return "ADDITEMS";
+    case 0x91:
+      return "FROZENSET";
+    case 0x92:
+      return "NEWOBJ_EX";
+    case 0x93:
+      return "STACK_GLOBAL";
+    case 0x94:
+      return "MEMOIZE";
+    case 0x95:
+      return "FRAME";
+    case 0x96:
+      return "BYTEARRAY8";
+    case 0x97:
+      return "NEXT_BUFFER";
+    case 0x98:
+      return "READONLY_BUFFER";
+    default:
+      return "unknown";
   }
 }
 
@@ -153,8 +248,8 @@ class Machine {
   }
   const std::uint8_t* take(std::size_t n) {
     if (in_.size - pos_ < n) {
-      throw Error(make_message("pickle: truncated: opcode ", opcode_name(op_), " at byte ",
-                               op_pos_, " needs ", n, " more bytes, got ", in_.size - pos_));
+      throw Error(make_message("pickle: truncated: opcode ", opcode_name(op_), " at byte ", op_pos_,
+                               " needs ", n, " more bytes, got ", in_.size - pos_));
     }
     const std::uint8_t* p = in_.data + pos_;
     pos_ += n;
@@ -193,8 +288,8 @@ class Machine {
   }
   std::string read_text(std::size_t n) {
     if (n > limits_.max_string_bytes) {
-      fail(make_message("string of ", n, " bytes exceeds the limit max_string_bytes = ",
-                        limits_.max_string_bytes));
+      fail(make_message("string of ", n,
+                        " bytes exceeds the limit max_string_bytes = ", limits_.max_string_bytes));
     }
     const std::uint8_t* p = take(n);
     return std::string(reinterpret_cast<const char*>(p), n);
@@ -353,8 +448,8 @@ void Machine::reduce() {
                           shape_string(t.strides), " differ in rank"));
       }
       if (static_cast<int>(t.shape.size()) > limits_.max_ndim) {
-        fail(make_message("tensor of ", t.shape.size(), " dimensions exceeds the limit max_ndim = ",
-                          limits_.max_ndim));
+        fail(make_message("tensor of ", t.shape.size(),
+                          " dimensions exceeds the limit max_ndim = ", limits_.max_ndim));
       }
       if (t.value < 0) fail(make_message("tensor storage offset ", t.value, " is negative"));
       std::int64_t numel = 1;
@@ -393,8 +488,9 @@ void Machine::persistent_id() {
   if (cls.kind != Kind::kGlobal ||
       (cls.global != Global::kFloatStorage && cls.global != Global::kHalfStorage &&
        cls.global != Global::kBFloat16Storage)) {
-    fail("persistent id: storage class must be torch.FloatStorage, HalfStorage or "
-         "BFloat16Storage");
+    fail(
+        "persistent id: storage class must be torch.FloatStorage, HalfStorage or "
+        "BFloat16Storage");
   }
   const Object& key = objects_[pid.items[2]];
   if (key.kind != Kind::kString) fail("persistent id: storage key is not a str");
@@ -446,8 +542,12 @@ std::size_t Machine::run() {
         push(make(std::move(o)));
         break;
       }
-      case ')': push_tuple({}); break;
-      case 't': push_tuple(pop_mark()); break;
+      case ')':
+        push_tuple({});
+        break;
+      case 't':
+        push_tuple(pop_mark());
+        break;
       case 0x85: {
         const std::size_t a = pop();
         push_tuple({a});
@@ -466,7 +566,9 @@ std::size_t Machine::run() {
         push_tuple({a, b, c});
         break;
       }
-      case 'N': push(make(Object{})); break;
+      case 'N':
+        push(make(Object{}));
+        break;
       case 0x88:
       case 0x89: {
         Object o;
@@ -475,9 +577,15 @@ std::size_t Machine::run() {
         push(make(std::move(o)));
         break;
       }
-      case 'K': push_int(*take(1)); break;
-      case 'M': push_int(read_u16(take(2))); break;
-      case 'J': push_int(static_cast<std::int32_t>(read_u32(take(4)))); break;
+      case 'K':
+        push_int(*take(1));
+        break;
+      case 'M':
+        push_int(read_u16(take(2)));
+        break;
+      case 'J':
+        push_int(static_cast<std::int32_t>(read_u32(take(4))));
+        break;
       case 0x8a: {  // LONG1: n-byte little-endian two's complement
         const std::uint8_t n = *take(1);
         if (n > 8) fail(make_message("LONG1 of ", int{n}, " bytes, expected at most 8"));
@@ -499,13 +607,27 @@ std::size_t Machine::run() {
         push(make(std::move(o)));
         break;
       }
-      case 'q': memo_put(*take(1)); break;
-      case 'r': memo_put(read_u32(take(4))); break;
-      case 'h': memo_get(*take(1)); break;
-      case 'j': memo_get(read_u32(take(4))); break;
-      case 'c': global(); break;
-      case 'R': reduce(); break;
-      case 'Q': persistent_id(); break;
+      case 'q':
+        memo_put(*take(1));
+        break;
+      case 'r':
+        memo_put(read_u32(take(4)));
+        break;
+      case 'h':
+        memo_get(*take(1));
+        break;
+      case 'j':
+        memo_get(read_u32(take(4)));
+        break;
+      case 'c':
+        global();
+        break;
+      case 'R':
+        reduce();
+        break;
+      case 'Q':
+        persistent_id();
+        break;
       case 's': {
         const std::size_t value = pop();
         const std::size_t key = pop();
@@ -563,9 +685,9 @@ void Machine::flatten_into(std::size_t dict, const std::string& prefix, int dept
     }
     const std::string name = prefix.empty() ? key.text : prefix + "." + key.text;
     if (name.size() > limits_.max_string_bytes) {
-      throw Error(make_message("pickle: tensor name of ", name.size(),
-                               " bytes exceeds the limit max_string_bytes = ",
-                               limits_.max_string_bytes));
+      throw Error(
+          make_message("pickle: tensor name of ", name.size(),
+                       " bytes exceeds the limit max_string_bytes = ", limits_.max_string_bytes));
     }
     const Object& value = objects_[items[i + 1]];
     if (value.kind == Kind::kDict) {

@@ -44,8 +44,9 @@ Directory find_directory(ByteSpan b) {
       break;
     }
     if (pos == lowest) {
-      throw Error("zip: no end-of-central-directory record found: the file is truncated or "
-                  "not a zip archive");
+      throw Error(
+          "zip: no end-of-central-directory record found: the file is truncated or "
+          "not a zip archive");
     }
     --pos;
   }
@@ -133,9 +134,9 @@ std::vector<ZipEntry> read_zip_directory(ByteSpan b, const ReaderLimits& limits)
                                " runs past the directory"));
     }
     if (name_len > limits.max_string_bytes) {
-      throw Error(make_message("zip: entry name of ", name_len,
-                               " bytes exceeds the limit max_string_bytes = ",
-                               limits.max_string_bytes));
+      throw Error(
+          make_message("zip: entry name of ", name_len,
+                       " bytes exceeds the limit max_string_bytes = ", limits.max_string_bytes));
     }
     ZipEntry entry;
     entry.name.assign(reinterpret_cast<const char*>(c + kCentralSize), name_len);
@@ -152,8 +153,8 @@ std::vector<ZipEntry> read_zip_directory(ByteSpan b, const ReaderLimits& limits)
         for (std::uint64_t* field : {&usize, &csize, &local}) {
           if (*field != 0xffffffffu) continue;
           if (f_end - f < 8) {
-            throw Error(make_message("zip: entry \"", entry.name,
-                                     "\": ZIP64 extra field too short"));
+            throw Error(
+                make_message("zip: entry \"", entry.name, "\": ZIP64 extra field too short"));
           }
           *field = read_u64(f);
           f += 8;
@@ -175,8 +176,8 @@ std::vector<ZipEntry> read_zip_directory(ByteSpan b, const ReaderLimits& limits)
     }
     if (local > dir.offset || dir.offset - local < kLocalSize ||
         read_u32(b.data + local) != kLocalSig) {
-      throw Error(make_message("zip: entry \"", entry.name, "\": no local header at offset ",
-                               local, " (directory at ", dir.offset, ")"));
+      throw Error(make_message("zip: entry \"", entry.name, "\": no local header at offset ", local,
+                               " (directory at ", dir.offset, ")"));
     }
     const std::uint8_t* l = b.data + local;
     const std::uint16_t l_name_len = read_u16(l + 26);
@@ -190,8 +191,8 @@ std::vector<ZipEntry> read_zip_directory(ByteSpan b, const ReaderLimits& limits)
                                ": the file is truncated or corrupt"));
     }
     if (l_name_len != name_len || std::memcmp(l + kLocalSize, c + kCentralSize, name_len) != 0) {
-      throw Error(make_message("zip: entry \"", entry.name,
-                               "\": local header names a different file"));
+      throw Error(
+          make_message("zip: entry \"", entry.name, "\": local header names a different file"));
     }
     if (!seen.emplace(entry.name, i).second) {
       throw Error(make_message("zip: entry \"", entry.name, "\" appears twice"));
@@ -237,9 +238,9 @@ std::vector<CheckpointTensor> read_torch_zip(ByteSpan b, const ReaderLimits& lim
     throw Error("torch zip: no <archive>/data.pkl entry, expected a torch.save archive");
   }
   if (pickle->size > limits.max_pickle_bytes) {
-    throw Error(make_message("torch zip: ", pickle->name, " has ", pickle->size,
-                             " bytes, exceeding the limit max_pickle_bytes = ",
-                             limits.max_pickle_bytes));
+    throw Error(
+        make_message("torch zip: ", pickle->name, " has ", pickle->size,
+                     " bytes, exceeding the limit max_pickle_bytes = ", limits.max_pickle_bytes));
   }
   const std::string prefix = pickle->name.substr(0, pickle->name.size() - kPickle.size());
   const std::vector<PickledTensor> pickled = parse_torch_pickle(
@@ -270,9 +271,10 @@ std::vector<CheckpointTensor> read_torch_zip(ByteSpan b, const ReaderLimits& lim
     for (std::size_t d = 0; d < t.shape.size(); ++d) {
       if (t.shape[d] == 0) empty = true;
       std::int64_t step = 0;
-      overflow = overflow || !checked_mul(t.shape[d] > 0 ? t.shape[d] - 1 : std::int64_t{0},
-                                          t.strides[d], &step) ||
-                 !checked_add(last, step, &last);
+      overflow =
+          overflow ||
+          !checked_mul(t.shape[d] > 0 ? t.shape[d] - 1 : std::int64_t{0}, t.strides[d], &step) ||
+          !checked_add(last, step, &last);
     }
     if (!empty && (overflow || last >= t.storage_numel)) {
       throw Error(make_message("torch zip: tensor \"", t.name, "\": shape ", shape_string(t.shape),

@@ -27,7 +27,7 @@ inline void put_text(Bytes& b, const std::string& s) { b.insert(b.end(), s.begin
 struct ZipItem {
   std::string name;
   Bytes data;
-  std::uint16_t method = 0;   // 0 stored, 8 deflate (the bytes are not really compressed)
+  std::uint16_t method = 0;  // 0 stored, 8 deflate (the bytes are not really compressed)
   std::uint16_t flags = 0;
 };
 
@@ -138,9 +138,8 @@ struct PickleWriter {
     return op('t');
   }
   // _rebuild_tensor_v2(("storage", cls, key, "cpu", numel), offset, size, stride, False, {}).
-  PickleWriter& tensor(const std::string& storage_class, const std::string& key,
-                       std::int64_t numel, std::int64_t offset,
-                       const std::vector<std::int64_t>& size,
+  PickleWriter& tensor(const std::string& storage_class, const std::string& key, std::int64_t numel,
+                       std::int64_t offset, const std::vector<std::int64_t>& size,
                        const std::vector<std::int64_t>& stride) {
     global("torch._utils", "_rebuild_tensor_v2").op('(');
     op('(').str("storage").global("torch", storage_class).str(key).str("cpu").integer(numel);
@@ -174,9 +173,9 @@ inline Bytes make_safetensors(const std::vector<SafetensorsItem>& items) {
   std::uint64_t offset = 0;
   Bytes data;
   for (const SafetensorsItem& it : items) {
-    header += ",\"" + it.name + "\":{\"dtype\":\"" + it.dtype + "\",\"shape\":" +
-              json_shape(it.shape) + ",\"data_offsets\":[" + std::to_string(offset) + "," +
-              std::to_string(offset + it.data.size()) + "]}";
+    header += ",\"" + it.name + "\":{\"dtype\":\"" + it.dtype +
+              "\",\"shape\":" + json_shape(it.shape) + ",\"data_offsets\":[" +
+              std::to_string(offset) + "," + std::to_string(offset + it.data.size()) + "]}";
     offset += it.data.size();
     data.insert(data.end(), it.data.begin(), it.data.end());
   }

@@ -1,10 +1,9 @@
 // Every class of bad input gives an Error that says what was wrong, and nothing is allocated for
 // sizes a file cannot back.
 
-#include <catch2/catch.hpp>
-
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -48,8 +47,8 @@ struct TempDir {
   }
   std::string write(const std::string& name, const Bytes& b) const {
     const std::string p = (path / name).string();
-    std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(b.data()),
-                                             static_cast<std::streamsize>(b.size()));
+    std::ofstream(p, std::ios::binary)
+        .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
     return p;
   }
 };
@@ -87,8 +86,8 @@ std::string zip_error(const Bytes& pickle, std::vector<ZipItem> storages = {},
 // The mini model as an f32 safetensors file, with `edit` applied to the tensor map first.
 template <typename Edit>
 Bytes mini_safetensors_with(Edit edit) {
-  const InstantIDModel model = InstantIDModel::load(
-      data_path("checkpoint/mini_f32.safetensors"), mini_layout());
+  const InstantIDModel model =
+      InstantIDModel::load(data_path("checkpoint/mini_f32.safetensors"), mini_layout());
   std::map<std::string, HostTensor> tensors = model.tensors();
   edit(tensors);
   std::vector<SafetensorsItem> items;
@@ -139,9 +138,8 @@ TEST_CASE("Truncated torch zip files are refused at every cut point", "[checkpoi
   for (std::size_t cut : cuts) {
     INFO("cut at " << cut << " of " << mini.size());
     const Bytes part(mini.begin(), mini.begin() + static_cast<std::ptrdiff_t>(cut));
-    REQUIRE_THROWS_WITH(parse(part),
-                        Contains("end-of-central-directory") || Contains("file too short") ||
-                            Contains("safetensors"));
+    REQUIRE_THROWS_WITH(parse(part), Contains("end-of-central-directory") ||
+                                         Contains("file too short") || Contains("safetensors"));
   }
   const Bytes reduced = fixture_bytes("reduced_f16.bin");
   for (std::size_t cut = 22; cut < reduced.size(); cut += 4099) {
@@ -247,7 +245,8 @@ TEST_CASE("Safetensors: bad headers", "[checkpoint][errors]") {
         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[16,24]}}";
     REQUIRE_THROWS_WITH(parse(make_safetensors_raw(hole, data24)),
                         Contains("data bytes [8, 16) belong to no tensor"));
-    const std::string short_cover = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    const std::string short_cover =
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
     REQUIRE_THROWS_WITH(parse(make_safetensors_raw(short_cover, data24)),
                         Contains("data section has 24 bytes, expected 8"));
   }
@@ -273,7 +272,8 @@ TEST_CASE("Safetensors: bad headers", "[checkpoint][errors]") {
   }
   SECTION("10^12 elements are refused before any allocation") {
     const std::string h =
-        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,4000000000000]}}";
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,4000000000000]}"
+        "}";
     REQUIRE_THROWS_WITH(parse(make_safetensors_raw(h, data24)),
                         Contains("more elements than the limit max_tensor_elements"));
     ReaderLimits wide;
@@ -364,8 +364,9 @@ TEST_CASE("Zip: compressed, encrypted and corrupt archives", "[checkpoint][error
                         Contains("3 entries exceed the limit max_zip_entries = 2"));
   }
   SECTION("duplicate names") {
-    REQUIRE_THROWS_WITH(parse(make_zip({{"archive/data.pkl", pickle}, {"archive/data.pkl", pickle}})),
-                        Contains("\"archive/data.pkl\" appears twice"));
+    REQUIRE_THROWS_WITH(
+        parse(make_zip({{"archive/data.pkl", pickle}, {"archive/data.pkl", pickle}})),
+        Contains("\"archive/data.pkl\" appears twice"));
   }
 }
 
@@ -385,22 +386,21 @@ TEST_CASE("Pickle: globals and opcodes outside the allowed set", "[checkpoint][e
   }
   SECTION("a storage class of another dtype") {
     CHECK_THAT(zip_error(one_tensor_pickle(2, 0, {2}, {1}, "DoubleStorage"),
-                                  {{"archive/data/0", filled(16)}}),
-                        Contains("global \"torch.DoubleStorage\" is not allowed"));
+                         {{"archive/data/0", filled(16)}}),
+               Contains("global \"torch.DoubleStorage\" is not allowed"));
   }
   SECTION("unknown opcodes name themselves and their position") {
     CHECK_THAT(zip_error(PickleWriter{}.op('G').done()),
-                        Contains("pickle: opcode 0x47 (BINFLOAT) at byte 2 is not supported"));
+               Contains("pickle: opcode 0x47 (BINFLOAT) at byte 2 is not supported"));
     CHECK_THAT(zip_error(PickleWriter{}.op('}').op(0x93).done()),
-                        Contains("opcode 0x93 (STACK_GLOBAL) at byte 3 is not supported"));
+               Contains("opcode 0x93 (STACK_GLOBAL) at byte 3 is not supported"));
     CHECK_THAT(zip_error(PickleWriter{}.op(0xfe).done()),
-                        Contains("opcode 0xfe (unknown) at byte 2"));
+               Contains("opcode 0xfe (unknown) at byte 2"));
   }
   SECTION("calling a storage class") {
     PickleWriter w;
     w.global("torch", "FloatStorage").op(')').op('R');
-    CHECK_THAT(zip_error(w.done()),
-                        Contains("global \"torch.FloatStorage\" cannot be called"));
+    CHECK_THAT(zip_error(w.done()), Contains("global \"torch.FloatStorage\" cannot be called"));
   }
 }
 
@@ -411,29 +411,28 @@ TEST_CASE("Pickle: malformed programs", "[checkpoint][errors]") {
     for (std::size_t cut = 0; cut < p.size(); ++cut) {
       INFO("cut " << cut);
       const Bytes part(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(cut));
-      REQUIRE_THROWS_WITH(parse_torch_pickle(ByteSpan{part.data(), part.size()}),
-                          Contains("pickle: truncated") || Contains("empty stack") ||
-                              Contains("without a MARK"));
+      REQUIRE_THROWS_WITH(
+          parse_torch_pickle(ByteSpan{part.data(), part.size()}),
+          Contains("pickle: truncated") || Contains("empty stack") || Contains("without a MARK"));
     }
   }
   SECTION("memo key never stored") {
     CHECK_THAT(zip_error(PickleWriter{}.op('h').op(7).done()),
-                        Contains("memo key 7 was never stored"));
+               Contains("memo key 7 was never stored"));
   }
   SECTION("stack underflow and stray marks") {
     CHECK_THAT(zip_error(PickleWriter{}.op('t').done()), Contains("TUPLE without a MARK"));
-    CHECK_THAT(zip_error(PickleWriter{}.op('R').done()),
-                        Contains("REDUCE on an empty stack"));
+    CHECK_THAT(zip_error(PickleWriter{}.op('R').done()), Contains("REDUCE on an empty stack"));
     CHECK_THAT(zip_error(PickleWriter{}.op('}').op('(').done()),
-                        Contains("STOP inside an unclosed MARK"));
+               Contains("STOP inside an unclosed MARK"));
   }
   SECTION("the checkpoint is not a dict of tensors") {
     CHECK_THAT(zip_error(PickleWriter{}.op(']').done()),
-                        Contains("the checkpoint is a list, expected a dict of tensors"));
+               Contains("the checkpoint is a list, expected a dict of tensors"));
     PickleWriter w;
     w.op('}').str("a").op('K').op(1).op('s');
     CHECK_THAT(zip_error(w.done()),
-                        Contains("value of \"a\" is a int, expected a tensor or a dict"));
+               Contains("value of \"a\" is a int, expected a tensor or a dict"));
     PickleWriter k;
     k.op('}').op('K').op(1).op('N').op('s');
     CHECK_THAT(zip_error(k.done()), Contains("dict key in \"\" is a int, expected str"));
@@ -445,48 +444,49 @@ TEST_CASE("Pickle: malformed programs", "[checkpoint][errors]") {
     w.tensor("FloatStorage", "0", 2, 0, {2}, {1}).op('s').str("a.b");
     w.tensor("FloatStorage", "0", 2, 0, {2}, {1}).op('u');
     CHECK_THAT(zip_error(w.done(), {{"archive/data/0", storage8}}),
-                        Contains("tensor name \"a.b\" appears twice"));
+               Contains("tensor name \"a.b\" appears twice"));
   }
   SECTION("negative offsets and strides, bad ranks") {
     CHECK_THAT(zip_error(one_tensor_pickle(2, -1, {2}, {1}), {{"archive/data/0", storage8}}),
-                        Contains("tensor storage offset -1 is negative"));
+               Contains("tensor storage offset -1 is negative"));
     CHECK_THAT(zip_error(one_tensor_pickle(2, 1, {2}, {-1}), {{"archive/data/0", storage8}}),
-                        Contains("expected non-negative values"));
+               Contains("expected non-negative values"));
     CHECK_THAT(zip_error(one_tensor_pickle(2, 0, {2}, {1, 1}), {{"archive/data/0", storage8}}),
-                        Contains("differ in rank"));
+               Contains("differ in rank"));
   }
   SECTION("views past their storage") {
     CHECK_THAT(zip_error(one_tensor_pickle(2, 1, {2}, {1}), {{"archive/data/0", storage8}}),
-                        Contains("tensor \"top.w\": shape [2] with strides [1] at offset 1 "
-                                 "reaches past its storage of 2 elements"));
+               Contains("tensor \"top.w\": shape [2] with strides [1] at offset 1 "
+                        "reaches past its storage of 2 elements"));
     CHECK_THAT(zip_error(one_tensor_pickle(4, 0, {4}, {1}), {{"archive/data/0", storage8}}),
-                        Contains("declares 4 f32 elements, but the entry holds 8 bytes"));
+               Contains("declares 4 f32 elements, but the entry holds 8 bytes"));
   }
 }
 
-TEST_CASE("Pickle: absurd sizes and nesting are refused before allocation", "[checkpoint][errors]") {
+TEST_CASE("Pickle: absurd sizes and nesting are refused before allocation",
+          "[checkpoint][errors]") {
   const Bytes storage8 = filled(8);
   SECTION("10^12 elements") {
     const Bytes p = one_tensor_pickle(2, 0, {1000000, 1000000}, {1000000, 1});
     CHECK_THAT(zip_error(p, {{"archive/data/0", storage8}}),
-                        Contains("tensor size [1000000, 1000000] has more elements than the limit "
-                                 "max_tensor_elements"));
+               Contains("tensor size [1000000, 1000000] has more elements than the limit "
+                        "max_tensor_elements"));
     ReaderLimits wide;
     wide.max_tensor_elements = std::numeric_limits<std::int64_t>::max();
     CHECK_THAT(zip_error(p, {{"archive/data/0", storage8}}, wide),
-                        Contains("reaches past its storage of 2 elements"));
+               Contains("reaches past its storage of 2 elements"));
     const Bytes big_storage = one_tensor_pickle(1000000000000, 0, {2}, {1});
     CHECK_THAT(zip_error(big_storage, {{"archive/data/0", storage8}}, wide),
-                        Contains("declares 1000000000000 f32 elements, but the entry holds 8"));
+               Contains("declares 1000000000000 f32 elements, but the entry holds 8"));
     const Bytes overflow = one_tensor_pickle(2, 0, {1ll << 40, 1ll << 40}, {1, 1});
     CHECK_THAT(zip_error(overflow, {{"archive/data/0", storage8}}, wide),
-                        Contains("has more elements than the limit"));
+               Contains("has more elements than the limit"));
   }
   SECTION("deeply nested MARKs") {
     PickleWriter w;
     for (int i = 0; i < 100000; ++i) w.op('(');
     CHECK_THAT(zip_error(w.done()),
-                        Contains("MARKs nested deeper than the limit max_pickle_depth = 32"));
+               Contains("MARKs nested deeper than the limit max_pickle_depth = 32"));
   }
   SECTION("deeply nested dicts") {
     PickleWriter w;
@@ -507,26 +507,25 @@ TEST_CASE("Pickle: absurd sizes and nesting are refused before allocation", "[ch
     PickleWriter s;
     for (int i = 0; i < 10; ++i) s.op('N');
     CHECK_THAT(zip_error(s.done(), {}, limits),
-                        Contains("stack deeper than the limit max_pickle_stack = 4"));
+               Contains("stack deeper than the limit max_pickle_stack = 4"));
     PickleWriter m;
     m.op('N');
     for (int i = 0; i < 3; ++i) m.op('q').op(static_cast<std::uint8_t>(i));
     CHECK_THAT(zip_error(m.done(), {}, limits),
-                        Contains("memo larger than the limit max_pickle_memo = 2"));
+               Contains("memo larger than the limit max_pickle_memo = 2"));
   }
   SECTION("huge strings") {
     PickleWriter w;
     w.op('X');
     put_u32(w.b, 0xfffffff0u);
     CHECK_THAT(zip_error(w.done()),
-                        Contains("string of 4294967280 bytes exceeds the limit max_string_bytes"));
+               Contains("string of 4294967280 bytes exceeds the limit max_string_bytes"));
   }
   SECTION("pickle larger than the limit") {
     ReaderLimits limits;
     limits.max_pickle_bytes = 16;
-    CHECK_THAT(zip_error(one_tensor_pickle(2, 0, {2}, {1}), {{"archive/data/0", storage8}},
-                                  limits),
-                        Contains("exceeding the limit max_pickle_bytes = 16"));
+    CHECK_THAT(zip_error(one_tensor_pickle(2, 0, {2}, {1}), {{"archive/data/0", storage8}}, limits),
+               Contains("exceeding the limit max_pickle_bytes = 16"));
   }
 }
 
@@ -567,9 +566,10 @@ TEST_CASE("Model: all missing, extra and mis-shaped tensors are reported at once
 
 TEST_CASE("Model: a checkpoint for another layout is refused", "[checkpoint][errors]") {
   // The reduced file against the full SDXL layout: every shape differs.
-  REQUIRE_THROWS_WITH(InstantIDModel::load(data_path("checkpoint/reduced_f16.bin")),
-                      Contains("image_proj.latents: got [1, 16, 64], expected [1, 16, 1280]") &&
-                          Contains("ip_adapter.1.to_k_ip.weight: got [64, 32], expected [640, 32]"));
+  REQUIRE_THROWS_WITH(
+      InstantIDModel::load(data_path("checkpoint/reduced_f16.bin")),
+      Contains("image_proj.latents: got [1, 16, 64], expected [1, 16, 1280]") &&
+          Contains("ip_adapter.1.to_k_ip.weight: got [64, 32], expected [640, 32]"));
   // Missing D_out source: no first-layer k and no proj_out.
   std::map<std::string, HostTensor> none;
   REQUIRE_THROWS_WITH(InstantIDModel::from_tensors(none, mini_layout()),
@@ -607,5 +607,48 @@ TEST_CASE("Model: NaN and Inf weights are refused with the tensor's name", "[che
     tensors["image_proj.latents"].data()[3] = std::numeric_limits<float>::infinity();
     REQUIRE_THROWS_WITH(InstantIDModel::from_tensors(tensors, mini_layout()),
                         Contains("tensor \"image_proj.latents\": value at flat index 3 is Inf"));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random corruption: whatever the bytes, the readers either succeed (and every tensor they
+// describe can be read) or throw Error. Reproducible seed; most useful in the sanitizer build.
+
+TEST_CASE("Randomly corrupted files never crash the readers", "[checkpoint][errors]") {
+  for (const char* name : {"mini_f16.bin", "mini_bf16.safetensors"}) {
+    const Bytes original = fixture_bytes(name);
+    std::uint64_t state = 0x9e3779b97f4a7c15ull;
+    auto next = [&state] {
+      state ^= state << 13;
+      state ^= state >> 7;
+      state ^= state << 17;
+      return state;
+    };
+    // Mutations aimed at the structure: the first 4 KiB (headers, pickle) and the last 4 KiB
+    // (zip directory), plus anywhere.
+    int parsed = 0, refused = 0;
+    for (int iter = 0; iter < 400; ++iter) {
+      Bytes b = original;
+      const int flips = 1 + static_cast<int>(next() % 4);
+      for (int f = 0; f < flips; ++f) {
+        const std::uint64_t r = next();
+        const std::size_t window = std::min<std::size_t>(4096, b.size());
+        const std::size_t k = static_cast<std::size_t>(next());
+        const std::size_t at = r % 3 == 0   ? k % window
+                               : r % 3 == 1 ? b.size() - 1 - k % window
+                                            : k % b.size();
+        b[at] = static_cast<std::uint8_t>(next());
+      }
+      try {
+        const CheckpointFile file = CheckpointFile::from_bytes(b);
+        for (const CheckpointTensor& t : file.tensors()) (void)t.to_float(false);
+        ++parsed;
+      } catch (const Error&) {
+        ++refused;
+      }
+    }
+    INFO(name << ": parsed " << parsed << ", refused " << refused);
+    CHECK(parsed + refused == 400);
+    CHECK(refused > 0);
   }
 }

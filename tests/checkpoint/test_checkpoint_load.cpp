@@ -2,10 +2,9 @@
 // make_checkpoint_fixtures.py): every tensor bit-exact against torch's float32 values.
 
 #include <catch2/catch.hpp>
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "checkpoint_test_util.hpp"
 #include "instantid/checkpoint.hpp"
@@ -64,10 +63,10 @@ TEST_CASE("Mini fixtures: .bin and .safetensors give identical values in every d
     const std::string bin = std::string("mini_") + tag + ".bin";
     const std::string st = std::string("mini_") + tag + ".safetensors";
     INFO(tag);
-    const InstantIDModel from_bin = InstantIDModel::load(data_path("checkpoint/" + bin),
-                                                         mini_layout());
-    const InstantIDModel from_st = InstantIDModel::load(data_path("checkpoint/" + st),
-                                                        mini_layout());
+    const InstantIDModel from_bin =
+        InstantIDModel::load(data_path("checkpoint/" + bin), mini_layout());
+    const InstantIDModel from_st =
+        InstantIDModel::load(data_path("checkpoint/" + st), mini_layout());
     require_matches_checksums(from_bin, bin);
     require_matches_checksums(from_st, st);
     const DType dtype = std::string(tag) == "f32"   ? DType::kF32
@@ -104,8 +103,8 @@ TEST_CASE("Torch storages: shared storage with offset, and a transposed view", "
 
 TEST_CASE("Special fp16/bf16 values convert exactly", "[checkpoint]") {
   // proj_in.bias[0..12] holds 0, -0, fp16 subnormals, ±65504, ... (see the generator).
-  const InstantIDModel f16 = InstantIDModel::load(data_path("checkpoint/mini_f16.bin"),
-                                                  mini_layout());
+  const InstantIDModel f16 =
+      InstantIDModel::load(data_path("checkpoint/mini_f16.bin"), mini_layout());
   const float* b = f16.image_proj("proj_in.bias").data();
   CHECK(b[0] == 0.0f);
   CHECK(std::signbit(b[1]));
@@ -116,8 +115,8 @@ TEST_CASE("Special fp16/bf16 values convert exactly", "[checkpoint]") {
   CHECK(b[6] == -65504.0f);
   CHECK(b[8] == 3.140625f);
   CHECK(b[11] == 1024.0f);
-  const InstantIDModel bf16 = InstantIDModel::load(data_path("checkpoint/mini_bf16.safetensors"),
-                                                   mini_layout());
+  const InstantIDModel bf16 =
+      InstantIDModel::load(data_path("checkpoint/mini_bf16.safetensors"), mini_layout());
   const float* c = bf16.image_proj("proj_in.bias").data();
   CHECK(c[8] == 3.140625f);
   CHECK(c[10] == std::ldexp(1.0f, -133));
@@ -170,11 +169,10 @@ TEST_CASE("expected_shapes: SDXL has 70 k/v pairs and the spec's Resampler shape
 }
 
 TEST_CASE("from_tensors validates like load", "[checkpoint]") {
-  const InstantIDModel loaded = InstantIDModel::load(data_path("checkpoint/mini_f32.safetensors"),
-                                                     mini_layout());
+  const InstantIDModel loaded =
+      InstantIDModel::load(data_path("checkpoint/mini_f32.safetensors"), mini_layout());
   InstantIDModel copy = InstantIDModel::from_tensors(loaded.tensors(), mini_layout(), "copy");
   CHECK(copy.source() == "copy");
   CHECK(copy.output_dim() == 32);
-  CHECK(copy.tensor("image_proj.latents").values() ==
-        loaded.tensor("image_proj.latents").values());
+  CHECK(copy.tensor("image_proj.latents").values() == loaded.tensor("image_proj.latents").values());
 }
