@@ -1,8 +1,10 @@
 #include "instantid/model.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <exception>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -127,12 +129,14 @@ InstantIDModel InstantIDModel::load(const std::string& path, const ModelLayout& 
   for (const CheckpointTensor& t : in) {
     if (t.dtype != model.storage_dtype_) model.storage_dtype_ = DType::kF32;  // mixed: report f32
   }
-  // Conversion is bound by page population and memory bandwidth; a few threads (each taking
-  // every k-th tensor) overlap them. Errors are rethrown in tensor order.
+  // Conversion is bound by page population and memory bandwidth; a few threads taking tensors
+  // from a shared counter overlap them. Errors are rethrown in tensor order. If a thread cannot
+  // be started, the others (at least this one) take its share.
   std::vector<HostTensor> converted(in.size());
   std::vector<std::exception_ptr> errors(in.size());
-  auto work = [&](std::size_t first, std::size_t step) {
-    for (std::size_t i = first; i < in.size(); i += step) {
+  std::atomic<std::size_t> next{0};
+  auto work = [&] {
+    for (std::size_t i = next++; i < in.size(); i = next++) {
       try {
         converted[i] = in[i].to_float(true);
       } catch (...) {
@@ -143,8 +147,14 @@ InstantIDModel InstantIDModel::load(const std::string& path, const ModelLayout& 
   const std::size_t threads = std::min<std::size_t>(
       {kLoadThreads, std::max(1u, std::thread::hardware_concurrency()), in.size()});
   std::vector<std::thread> pool;
-  for (std::size_t k = 1; k < threads; ++k) pool.emplace_back(work, k, threads);
-  work(0, std::max<std::size_t>(threads, 1));
+  for (std::size_t k = 1; k < threads; ++k) {
+    try {
+      pool.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;
+    }
+  }
+  work();
   for (std::thread& t : pool) t.join();
   for (std::size_t i = 0; i < in.size(); ++i) {
     if (errors[i]) {

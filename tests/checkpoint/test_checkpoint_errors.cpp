@@ -177,6 +177,23 @@ TEST_CASE("Safetensors: a hand-made valid file parses", "[checkpoint][errors]") 
   CHECK(tensors[1].to_float().values() == std::vector<float>{1.0f, -2.0f});
 }
 
+TEST_CASE("Safetensors: unaligned data is read correctly in every dtype", "[checkpoint][errors]") {
+  std::string header =
+      "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
+      "\"b\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[12,14]},"
+      "\"c\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[14,16]}}";
+  while ((8 + header.size()) % 4 != 1) header += ' ';
+  Bytes data = float_bytes({1.5f, -2.0f, 1e-3f});
+  data.insert(data.end(), {0x80, 0x3f, 0x00, 0xbc});  // bf16 1.0, f16 -1.0
+  const Bytes b = make_safetensors_raw(header, data);
+  const auto tensors = parse(b);
+  REQUIRE(tensors.size() == 3);
+  CHECK(reinterpret_cast<std::uintptr_t>(tensors[0].data) % 4 != 0);
+  CHECK(tensors[0].to_float().values() == std::vector<float>{1.5f, -2.0f, 1e-3f});
+  CHECK(tensors[1].to_float().values() == std::vector<float>{1.0f});
+  CHECK(tensors[2].to_float().values() == std::vector<float>{-1.0f});
+}
+
 TEST_CASE("Safetensors: bad headers", "[checkpoint][errors]") {
   const Bytes data24 = filled(24);
   SECTION("length past the end of the file") {

@@ -176,3 +176,23 @@ TEST_CASE("from_tensors validates like load", "[checkpoint]") {
   CHECK(copy.output_dim() == 32);
   CHECK(copy.tensor("image_proj.latents").values() == loaded.tensor("image_proj.latents").values());
 }
+
+TEST_CASE("Real state_dict()s: _metadata BUILD, Parameters, 0-d and empty tensors",
+          "[checkpoint]") {
+  const CheckpointFile file = CheckpointFile::open(data_path("checkpoint/state_dicts.bin"));
+  const nlohmann::json& expected = checksums().at("state_dicts.bin");
+  REQUIRE(file.tensors().size() == expected.size());
+  for (const CheckpointTensor& t : file.tensors()) {
+    INFO(t.name);
+    REQUIRE(expected.contains(t.name));
+    CHECK(t.shape == expected[t.name]["shape"].get<std::vector<std::int64_t>>());
+    const HostTensor f = t.to_float();
+    CHECK(std::to_string(checksum(f)) == expected[t.name]["checksum"].get<std::string>());
+  }
+  REQUIRE(file.find("image_proj.0.weight") != nullptr);
+  CHECK(file.find("image_proj.1.bias") != nullptr);
+  CHECK(file.find("extra.param")->to_float().values() == std::vector<float>{0, 1, 2, 3});
+  CHECK(file.find("extra.inner.scalar")->shape.empty());
+  CHECK(file.find("extra.inner.scalar")->to_float().values() == std::vector<float>{2.5f});
+  CHECK(file.find("extra.inner.empty")->numel() == 0);
+}

@@ -11,6 +11,9 @@ Run with Debian's python3 (torch 1.13): /usr/bin/python3 tests/reference/make_ch
   both formats, with the same values. In the .bin files ip_adapter.3.to_k_ip / to_v_ip share one
   storage (the second at a storage offset) and ip_adapter.9.to_k_ip is a transposed
   (non-contiguous) view; image_proj.proj_in.bias holds special values (subnormals, -0, extremes).
+* state_dicts.bin: torch.save of real nn.Module state_dict()s (OrderedDicts carrying
+  `_metadata`, pickled with BUILD), an nn.Parameter (_rebuild_parameter), a 0-d tensor and an
+  empty tensor, nested two levels; for the reader only (not an InstantID layout).
 * checksums.json: for every tensor of every fixture, its shape and a checksum of the float32
   values torch gives (tensor.float()): sum_i bits(x_i) * (2 i + 1) mod 2^64 over the row-major
   elements, so the C++ test proves bit-exact fp16/bf16 conversion without storing float copies.
@@ -132,6 +135,25 @@ def main():
         torch.save(ck, os.path.join(OUT, f"mini_{tag}.bin"))
         sums[f"mini_{tag}.bin"] = {n: {"shape": list(t.shape), "checksum": str(checksum(t))}
                                    for n, t in flat(ck).items()}
+
+    # Real state dicts: _metadata (BUILD), Parameter, 0-d and empty tensors, two nesting levels.
+    torch.manual_seed(7)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    sd = {"image_proj": module.state_dict(),
+          "extra": {"param": torch.nn.Parameter(torch.arange(4.0)),
+                    "inner": collections.OrderedDict(scalar=torch.tensor(2.5),
+                                                     empty=torch.zeros(0, 3))}}
+    torch.save(sd, os.path.join(OUT, "state_dicts.bin"))
+    flat_sd = collections.OrderedDict()
+    for top, inner in sd.items():
+        for name, t in inner.items():
+            if isinstance(t, dict):
+                for n2, t2 in t.items():
+                    flat_sd[f"{top}.{name}.{n2}"] = t2
+            else:
+                flat_sd[f"{top}.{name}"] = t
+    sums["state_dicts.bin"] = {n: {"shape": list(t.shape), "checksum": str(checksum(t.detach()))}
+                               for n, t in flat_sd.items()}
 
     with open(os.path.join(OUT, "checksums.json"), "w") as f:
         json.dump(sums, f, indent=1, sort_keys=True)
