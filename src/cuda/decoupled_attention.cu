@@ -14,7 +14,8 @@ bool stride_ok(std::int64_t s) { return s >= 0 && s % 8 == 0; }
 }  // namespace
 
 cudaError_t check_decoupled_attention(const DecoupledAttentionParams& p) noexcept {
-  if (p.batch < 1 || p.queries < 1 || p.heads < 1 || p.batch > 65535 || p.heads > 65535)
+  // grid: x = heads, y = blocks of 64 query rows (<= 65535), z = batch (<= 65535)
+  if (p.batch < 1 || p.queries < 1 || p.heads < 1 || p.batch > 65535 || p.queries > 64 * 65535)
     return cudaErrorInvalidValue;
   if (p.images_per_chunk < 1 || p.num_identities < 0 || p.num_identities > kMaxIdentities)
     return cudaErrorInvalidValue;

@@ -11,6 +11,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 #include "instantid/kernels/decoupled_attention.hpp"
@@ -86,6 +88,18 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
+__device__ __forceinline__ void cp_async_wait_dynamic(int pending) {
+  switch (pending) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    case 6: cp_async_wait<6>(); break;
+    default: cp_async_wait<7>(); break;
+  }
+}
 
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -96,6 +110,17 @@ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const v
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_address(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_at(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans_at(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -159,8 +184,8 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
   __shared__ PhaseInfo s_phase[Tile::kPhases];
   __shared__ int s_num_phases;
 
-  const int row0 = blockIdx.x * Tile::kRows;
-  const int h = blockIdx.y;
+  const int row0 = blockIdx.y * Tile::kRows;
+  const int h = blockIdx.x;
   const int b = blockIdx.z;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -413,6 +438,7 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
     attention_detail::cp_async_wait<0>();
     __syncthreads();  // every thread's q copies have landed before s_q is overwritten
   }
+  __syncwarp();  // every lane of the warp is done reading its q rows
 #pragma unroll
   for (int j = 0; j < kDTiles; ++j) {
 #pragma unroll
@@ -437,13 +463,491 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
   }
 }
 
+// ---- Resident variant: every key of every phase in shared memory at once ---------------------
+// When the padded keys of all phases fit (SDXL: 77 text + 16 ip → 96 rows, 24 KB for d = 64),
+// the CTA loads them once behind a single barrier and each warp then runs on its own through
+// kGroups blocks of 16 query rows, prefetching the next block's q into a private double buffer.
+// No block-level synchronisation after the load, so warps overlap freely.
+
+template <int kHeadDim, int kWarpsT = 4, int kGroupsT = 2>
+struct ResidentTile {
+  static constexpr int kWarps = kWarpsT;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kGroups = kGroupsT;                    // 16-row blocks per warp
+  static constexpr int kRows = 16 * kWarps * kGroups;         // query rows per CTA
+  static constexpr int kChunkKeys = kHeadDim == 64 ? 32 : 16; // keys per online-softmax step
+  static constexpr int kSingleKeys = 80;                      // keys of a one-pass phase (77 → 80)
+  static constexpr int kMaxKeys = kHeadDim == 64 ? 256 : 128; // padded keys held (64 KB K+V)
+  static constexpr int kMinBlocks = kHeadDim == 64 ? 4 : 2;
+  static constexpr int kChunks = kHeadDim / 8;
+  static std::size_t smem_bytes(int keys_padded, std::size_t elem) {
+    return (2 * static_cast<std::size_t>(keys_padded) * kHeadDim +
+            static_cast<std::size_t>(kWarps) * kGroups * 16 * kHeadDim) * elem;
+  }
+};
+
+namespace attention_detail {
+struct ResidentPhase {
+  int start;  // first shared-memory row (multiple of 16)
+  int count;  // keys
+  float scale;
+  const float* mask;
+  int mask_rows;
+};
+}  // namespace attention_detail
+
+// kSingle: every phase has at most kSingleKeys keys, so each softmax is exact in one pass and
+// its normaliser, scale and mask are folded into P before P·V accumulates straight into the
+// output (no per-phase accumulator, no rescaling).
+template <typename T, int kHeadDim, int kWarpsT, int kGroupsT, bool kSingle>
+// Registers: 16 (d 64) or 8 (d 128) resident warps per SM.
+__global__ void __launch_bounds__(32 * kWarpsT, (kHeadDim == 64 ? 16 : 8) / kWarpsT)
+    decoupled_attention_resident_kernel(const DecoupledAttentionParams p) {
+  using Tile = ResidentTile<kHeadDim, kWarpsT, kGroupsT>;
+  using Mma = attention_detail::MmaType<T>;
+  using attention_detail::ResidentPhase;
+  constexpr int kChunkKeys = kSingle ? Tile::kSingleKeys : Tile::kChunkKeys;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kDTiles = kHeadDim / 8;
+  constexpr int kKeyTiles = kChunkKeys / 8;
+  constexpr int kKeyBlocks = kChunkKeys / 16;
+  constexpr int kChunks = Tile::kChunks;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ ResidentPhase s_phase[1 + kMaxIdentities];
+  __shared__ int s_num_phases;
+  __shared__ int s_rows;
+
+  const int h = blockIdx.x;
+  const int b = blockIdx.z;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const std::int64_t head_col = static_cast<std::int64_t>(h) * kHeadDim;
+
+  if (threadIdx.x == 0) {
+    int n = 0, rows = 0;
+    if (p.include_text) {
+      s_phase[n++] = ResidentPhase{rows, p.text_len, 1.0f, nullptr, 0};
+      rows += (p.text_len + 15) / 16 * 16;
+    }
+    for (int i = 0; i < p.num_identities; ++i) {
+      s_phase[n++] = ResidentPhase{rows, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask,
+                                   p.ip[i].mask_rows};
+      rows += (p.ip[i].tokens + 15) / 16 * 16;
+    }
+    s_num_phases = n;
+    s_rows = rows;
+  }
+  __syncthreads();
+  const int num_phases = s_num_phases;
+  const int rows = s_rows;
+  T* s_k = reinterpret_cast<T*>(smem_raw);
+  T* s_v = s_k + rows * kHeadDim;
+  T* s_q = s_v + rows * kHeadDim + warp * Tile::kGroups * 16 * kHeadDim;  // [kGroups][16, d]
+
+  // All keys and values, rows past each phase's count zero-filled.
+  {
+    const int chunk_uncond = b / p.images_per_chunk;
+    const int uncond =
+        chunk_uncond < 64 ? static_cast<int>((p.uncond_chunks >> chunk_uncond) & 1u) : 0;
+    for (int ph = 0; ph < num_phases; ++ph) {
+      const bool text = p.include_text && ph == 0;
+      const int id = ph - (p.include_text ? 1 : 0);
+      const T* k = text ? static_cast<const T*>(p.k) + b * p.k_batch_stride
+                        : static_cast<const T*>(p.ip[id].k[uncond]);
+      const T* v = text ? static_cast<const T*>(p.v) + b * p.v_batch_stride
+                        : static_cast<const T*>(p.ip[id].v[uncond]);
+      const std::int64_t ks = text ? p.k_row_stride : p.ip[id].row_stride;
+      const std::int64_t vs = text ? p.v_row_stride : p.ip[id].row_stride;
+      const int start = s_phase[ph].start, count = s_phase[ph].count;
+      const int padded = (count + 15) / 16 * 16;
+      for (int idx = threadIdx.x; idx < padded * kChunks; idx += Tile::kThreads) {
+        const int r = idx / kChunks;
+        const int c = idx % kChunks;
+        const bool valid = r < count;
+        const int dst = attention_detail::swizzle<kHeadDim>(start + r, c * 8);
+        attention_detail::cp_async_16(s_k + dst, valid ? k + r * ks + head_col + c * 8 : k,
+                                      valid ? 16 : 0);
+        attention_detail::cp_async_16(s_v + dst, valid ? v + r * vs + head_col + c * 8 : v,
+                                      valid ? 16 : 0);
+      }
+    }
+  }
+  attention_detail::cp_async_commit();
+
+  const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch_stride + head_col;
+  T* out_base = static_cast<T*>(p.out) + b * p.out_batch_stride + head_col;
+  auto group_row = [&](int g) { return static_cast<int>(blockIdx.y) * Tile::kRows + (g * Tile::kWarps + warp) * 16; };
+  auto issue_q = [&](int g) {
+    const int row0 = group_row(g);
+    T* dst = s_q + g * 16 * kHeadDim;
+#pragma unroll
+    for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+      const int r = idx / kChunks;
+      const int c = idx % kChunks;
+      const bool valid = row0 + r < p.queries;
+      attention_detail::cp_async_16(dst + attention_detail::swizzle<kHeadDim>(r, c * 8),
+                                    valid ? q_base + (row0 + r) * p.q_row_stride + c * 8 : q_base,
+                                    valid ? 16 : 0);
+    }
+  };
+  // Every q block of this warp is requested up front (one commit group each) so that the
+  // loads overlap the compute of the blocks before them.
+#pragma unroll
+  for (int g = 0; g < Tile::kGroups; ++g) {
+    issue_q(g);
+    attention_detail::cp_async_commit();
+  }
+  attention_detail::cp_async_wait<Tile::kGroups - 1>();
+  __syncthreads();  // keys and values of every thread have landed
+
+  const int my_row = lane / 4;
+  const int my_col = (lane % 4) * 2;
+  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
+
+#pragma unroll 1
+  for (int g = 0; g < Tile::kGroups; ++g) {
+    attention_detail::cp_async_wait_dynamic(Tile::kGroups - 1 - g);
+    __syncwarp();
+    const int row0 = group_row(g);
+    if (row0 >= p.queries) continue;
+    T* sq = s_q + g * 16 * kHeadDim;
+    std::uint32_t q_frag[kKSteps][4];
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      attention_detail::ldmatrix_x4(
+          q_frag[kk], sq + attention_detail::swizzle<kHeadDim>(lane % 16, kk * 16 + (lane / 16) * 8));
+    }
+    float out_acc[kDTiles][4];
+#pragma unroll
+    for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out_acc[j][e] = 0.0f;
+    }
+
+    if constexpr (kSingle) {
+      // Lane offsets (bytes) of the ldmatrix rows: block bases are multiples of 16 rows, so the
+      // swizzle depends on the lane only.
+      std::uint32_t k_off[kKSteps], v_off[kDTiles / 2];
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        const int r = (lane % 8) + (lane / 16) * 8;
+        const int chunk = (kk * 2 + (lane / 8) % 2) ^ (lane % 8);
+        k_off[kk] = static_cast<std::uint32_t>((r * kHeadDim + chunk * 8) * sizeof(T));
+      }
+#pragma unroll
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
+        const int r = (lane % 8) + ((lane / 8) % 2) * 8;
+        const int chunk = (dp * 2 + lane / 16) ^ (lane % 8);
+        v_off[dp] = static_cast<std::uint32_t>((r * kHeadDim + chunk * 8) * sizeof(T));
+      }
+      const std::uint32_t k_addr = attention_detail::smem_address(s_k);
+      const std::uint32_t v_addr = attention_detail::smem_address(s_v);
+      constexpr std::uint32_t kBlockBytes = 16 * kHeadDim * sizeof(T);
+      for (int ph = 0; ph < num_phases; ++ph) {
+        const ResidentPhase phase = s_phase[ph];
+        const int valid = phase.count;
+        const std::uint32_t kb0 = k_addr + phase.start * kHeadDim * sizeof(T);
+        const std::uint32_t vb0 = v_addr + phase.start * kHeadDim * sizeof(T);
+        float s[kKeyTiles][4];
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+        }
+#pragma unroll
+        for (int kb = 0; kb < kKeyBlocks; ++kb) {
+          if (kb * 16 < valid) {
+#pragma unroll
+            for (int kk = 0; kk < kKSteps; ++kk) {
+              std::uint32_t bfrag[4];
+              attention_detail::ldmatrix_x4_at(bfrag, kb0 + kb * kBlockBytes + k_off[kk]);
+              Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
+              Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+            }
+          }
+        }
+        float m[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int kb = 0; kb < kKeyBlocks; ++kb) {
+          if (kb * 16 < valid) {
+#pragma unroll
+            for (int j = 2 * kb; j < 2 * kb + 2; ++j) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int key = j * 8 + my_col + (e & 1);
+                s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
+                m[e / 2] = fmaxf(m[e / 2], s[j][e]);
+              }
+            }
+          }
+        }
+        float l[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
+          m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
+        }
+#pragma unroll
+        for (int kb = 0; kb < kKeyBlocks; ++kb) {
+          if (kb * 16 < valid) {
+#pragma unroll
+            for (int j = 2 * kb; j < 2 * kb + 2; ++j) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                s[j][e] = attention_detail::fast_exp2(s[j][e] - m[e / 2]);
+                l[e / 2] += s[j][e];
+              }
+            }
+          }
+        }
+        float factor[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+          l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+          factor[r] = phase.scale / l[r];
+          if (phase.mask != nullptr) {
+            const int n = row0 + my_row + r * 8;
+            const int mrow = min(b % p.images_per_chunk, phase.mask_rows - 1);
+            factor[r] *= n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
+                                       : 0.0f;
+          }
+        }
+#pragma unroll
+        for (int kb = 0; kb < kKeyBlocks; ++kb) {
+          if (kb * 16 < valid) {
+            std::uint32_t a[4];
+            a[0] = Mma::pack(s[2 * kb][0] * factor[0], s[2 * kb][1] * factor[0]);
+            a[1] = Mma::pack(s[2 * kb][2] * factor[1], s[2 * kb][3] * factor[1]);
+            a[2] = Mma::pack(s[2 * kb + 1][0] * factor[0], s[2 * kb + 1][1] * factor[0]);
+            a[3] = Mma::pack(s[2 * kb + 1][2] * factor[1], s[2 * kb + 1][3] * factor[1]);
+#pragma unroll
+            for (int dp = 0; dp < kDTiles / 2; ++dp) {
+              std::uint32_t bfrag[4];
+              attention_detail::ldmatrix_x4_trans_at(bfrag, vb0 + kb * kBlockBytes + v_off[dp]);
+              Mma::mma(out_acc[2 * dp], a, bfrag[0], bfrag[1]);
+              Mma::mma(out_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
+            }
+          }
+        }
+      }
+    } else {
+    for (int ph = 0; ph < num_phases; ++ph) {
+      const ResidentPhase phase = s_phase[ph];
+      float o_acc[kDTiles][4];
+#pragma unroll
+      for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o_acc[j][e] = 0.0f;
+      }
+      float m_run[2] = {-INFINITY, -INFINITY};
+      float l_run[2] = {0.0f, 0.0f};
+      for (int c0 = 0; c0 < phase.count; c0 += kChunkKeys) {
+        const int valid = min(kChunkKeys, phase.count - c0);
+        const int base = phase.start + c0;
+        float s[kKeyTiles][4];
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+        }
+#pragma unroll
+        for (int kb = 0; kb < kKeyBlocks; ++kb) {
+          if (kb * 16 < valid) {
+#pragma unroll
+            for (int kk = 0; kk < kKSteps; ++kk) {
+              std::uint32_t bfrag[4];
+              const int key = base + kb * 16 + (lane % 8) + (lane / 16) * 8;
+              const int c = kk * 16 + ((lane / 8) % 2) * 8;
+              attention_detail::ldmatrix_x4(bfrag, s_k + attention_detail::swizzle<kHeadDim>(key, c));
+              Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
+              Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+            }
+          }
+        }
+        float m_tile[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = j * 8 + my_col + (e & 1);
+            s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
+            m_tile[e / 2] = fmaxf(m_tile[e / 2], s[j][e]);
+          }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 1));
+          m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 2));
+          const float m_new = fmaxf(m_run[r], m_tile[r]);
+          alpha[r] = attention_detail::fast_exp2(m_run[r] - m_new);
+          m_run[r] = m_new;
+          l_run[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[j][e] = attention_detail::fast_exp2(s[j][e] - m_run[e / 2]);
+            l_run[e / 2] += s[j][e];
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kDTiles; ++j) {
+          o_acc[j][0] *= alpha[0];
+          o_acc[j][1] *= alpha[0];
+          o_acc[j][2] *= alpha[1];
+          o_acc[j][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int kb = 0; kb < kKeyBlocks; ++kb) {
+          if (kb * 16 < valid) {
+            std::uint32_t a[4];
+            a[0] = Mma::pack(s[2 * kb][0], s[2 * kb][1]);
+            a[1] = Mma::pack(s[2 * kb][2], s[2 * kb][3]);
+            a[2] = Mma::pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+            a[3] = Mma::pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < kDTiles / 2; ++dp) {
+              std::uint32_t bfrag[4];
+              const int key = base + kb * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+              const int c = dp * 16 + (lane / 16) * 8;
+              attention_detail::ldmatrix_x4_trans(bfrag,
+                                                  s_v + attention_detail::swizzle<kHeadDim>(key, c));
+              Mma::mma(o_acc[2 * dp], a, bfrag[0], bfrag[1]);
+              Mma::mma(o_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
+            }
+          }
+        }
+      }
+      float factor[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float l = l_run[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        factor[r] = phase.scale / l;
+        if (phase.mask != nullptr) {
+          const int n = row0 + my_row + r * 8;
+          const int mrow = min(b % p.images_per_chunk, phase.mask_rows - 1);
+          factor[r] *= n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
+                                     : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kDTiles; ++j) {
+        out_acc[j][0] += factor[0] * o_acc[j][0];
+        out_acc[j][1] += factor[0] * o_acc[j][1];
+        out_acc[j][2] += factor[1] * o_acc[j][2];
+        out_acc[j][3] += factor[1] * o_acc[j][3];
+      }
+    }
+    }  // kSingle
+
+    if (!p.include_text) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int n = row0 + my_row + r * 8;
+        if (n < p.queries) {
+#pragma unroll
+          for (int j = 0; j < kDTiles; ++j) {
+            const float2 old = Mma::unpack(*reinterpret_cast<const std::uint32_t*>(
+                out_base + n * p.out_row_stride + j * 8 + my_col));
+            out_acc[j][2 * r] += old.x;
+            out_acc[j][2 * r + 1] += old.y;
+          }
+        }
+      }
+    }
+    // Stage through this group's q buffer (its q is in registers now), then 16-byte stores.
+    __syncwarp();  // every lane has read its q fragments
+#pragma unroll
+    for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        *reinterpret_cast<std::uint32_t*>(
+            sq + attention_detail::swizzle<kHeadDim>(my_row + r * 8, j * 8 + my_col)) =
+            Mma::pack(out_acc[j][2 * r], out_acc[j][2 * r + 1]);
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+      const int r = idx / kChunks;
+      const int c = idx % kChunks;
+      const int n = row0 + r;
+      if (n < p.queries) {
+        *reinterpret_cast<uint4*>(out_base + n * p.out_row_stride + c * 8) =
+            *reinterpret_cast<const uint4*>(sq + attention_detail::swizzle<kHeadDim>(r, c * 8));
+      }
+    }
+  }
+}
+
+// The largest key count of any phase.
+inline int max_phase_keys(const DecoupledAttentionParams& p) {
+  int keys = p.include_text ? p.text_len : 0;
+  for (int i = 0; i < p.num_identities; ++i) keys = keys > p.ip[i].tokens ? keys : p.ip[i].tokens;
+  return keys;
+}
+
+// Padded key rows of all phases (0 when none), as the resident variant lays them out.
+inline int resident_key_rows(const DecoupledAttentionParams& p) {
+  int rows = p.include_text ? (p.text_len + 15) / 16 * 16 : 0;
+  for (int i = 0; i < p.num_identities; ++i) rows += (p.ip[i].tokens + 15) / 16 * 16;
+  return rows;
+}
+
+// Launches the resident variant with a given tile (benchmarks compare tiles through this).
+template <typename T, int kHeadDim, int kWarps, int kGroups, bool kSingle>
+cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
+                                      cudaStream_t stream) noexcept {
+  using Tile = ResidentTile<kHeadDim, kWarps, kGroups>;
+  static_assert(kGroups <= 8, "cp.async group depth");
+  // The opt-in above 48 KB is a per-device function attribute: set it once per device.
+  static std::atomic<std::uint64_t> configured{0};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return cudaErrorInvalidDevice;
+  const std::uint64_t bit = std::uint64_t{1} << (device & 63);
+  if ((configured.load(std::memory_order_acquire) & bit) == 0) {
+    const cudaError_t e = cudaFuncSetAttribute(
+        decoupled_attention_resident_kernel<T, kHeadDim, kWarps, kGroups, kSingle>,
+        cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(Tile::smem_bytes(Tile::kMaxKeys, sizeof(T))));
+    if (e != cudaSuccess) return e;
+    configured.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  const dim3 grid(params.heads, (params.queries + Tile::kRows - 1) / Tile::kRows, params.batch);
+  decoupled_attention_resident_kernel<T, kHeadDim, kWarps, kGroups, kSingle>
+      <<<grid, Tile::kThreads, Tile::smem_bytes(resident_key_rows(params), sizeof(T)), stream>>>(
+          params);
+  return cudaGetLastError();
+}
+
+// The default tile of the resident variant (measured: docs/performance.md).
+template <int kHeadDim>
+struct DefaultResident {
+  static constexpr int kWarps = 4;
+  static constexpr int kGroups = 2;
+};
+
 template <typename T, int kHeadDim>
 cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
                                        cudaStream_t stream) noexcept {
   const cudaError_t status = check_decoupled_attention(params);
   if (status != cudaSuccess) return status;
+  const int key_rows = resident_key_rows(params);
+  if (key_rows > 0 && key_rows <= ResidentTile<kHeadDim>::kMaxKeys) {
+    constexpr int kW = DefaultResident<kHeadDim>::kWarps, kG = DefaultResident<kHeadDim>::kGroups;
+    if (max_phase_keys(params) <= ResidentTile<kHeadDim>::kSingleKeys) {
+      return launch_resident_attention<T, kHeadDim, kW, kG, true>(params, stream);
+    }
+    return launch_resident_attention<T, kHeadDim, kW, kG, false>(params, stream);
+  }
   using Tile = AttentionTile<kHeadDim>;
-  const dim3 grid((params.queries + Tile::kRows - 1) / Tile::kRows, params.heads, params.batch);
+  const dim3 grid(params.heads, (params.queries + Tile::kRows - 1) / Tile::kRows, params.batch);
   decoupled_attention_kernel<T, kHeadDim><<<grid, Tile::kThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }

@@ -1,0 +1,399 @@
+// bench_cuda: GPU time of the fused decoupled attention over one SDXL 1024² step, per layer and
+// text-only, the GPU Resampler, the ip K/V preparation and the resident memory of a prepared
+// identity. Prints one JSON object per line. The ceiling is a large device-to-device copy measured
+// in the same run; µs-scale work is timed as CUDA graphs; every layer reads its own buffers (the
+// step moves ~0.85 GB, far beyond L2) and per-layer rows rotate over 8 buffer sets.
+//
+//   bench_cuda [--reps N] [--tune]   (--tune: also compare tiles of the resident kernel)
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_check.hpp"
+#include "cuda/ip_projection.hpp"
+#include "cuda/resampler.hpp"
+#include "instantid/kernels/decoupled_attention.cuh"
+
+namespace {
+
+using instantid::HostTensor;
+using instantid::cuda::check_cuda;
+using instantid::cuda::DeviceBuffer;
+namespace kernels = instantid::kernels;
+
+int g_reps = 30;
+bool g_tune = false;
+std::string g_card;
+
+__global__ void fill_kernel(__half* x, std::int64_t n, std::uint32_t seed) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  std::uint32_t h = static_cast<std::uint32_t>(i) * 2654435761u ^ seed;
+  h ^= h >> 15;
+  h *= 2246822519u;
+  h ^= h >> 13;
+  x[i] = __float2half((static_cast<float>(h & 0xFFFF) / 32768.0f - 1.0f) * 1.7f);
+}
+
+void fill(DeviceBuffer& b, std::uint32_t seed) {
+  const std::int64_t n = static_cast<std::int64_t>(b.bytes() / 2);
+  fill_kernel<<<static_cast<unsigned>((n + 255) / 256), 256>>>(b.as<__half>(), n, seed);
+  check_cuda(cudaGetLastError(), "fill");
+}
+
+struct Stats {
+  double median_ms = 0, min_ms = 0, max_ms = 0;
+};
+
+// Times `work` (enqueued on stream) with events: warm-up, then g_reps runs; per-run times.
+Stats time_it(cudaStream_t stream, const std::function<void()>& work, int inner = 1) {
+  for (int i = 0; i < 3; ++i) work();
+  check_cuda(cudaStreamSynchronize(stream), "warm-up");
+  std::vector<double> ms;
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int r = 0; r < g_reps; ++r) {
+    cudaEventRecord(a, stream);
+    work();
+    cudaEventRecord(b, stream);
+    check_cuda(cudaEventSynchronize(b), "timing");
+    float t = 0;
+    cudaEventElapsedTime(&t, a, b);
+    ms.push_back(static_cast<double>(t) / inner);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return Stats{ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+double g_copy_gbs = 0;
+
+void row(const std::string& name, const Stats& s, double bytes, const std::string& extra = "") {
+  const double gbs = bytes / (s.median_ms * 1e-3) / 1e9;
+  std::printf(
+      "{\"bench\": \"%s\", \"card\": \"%s\", \"median_ms\": %.5f, \"min_ms\": %.5f, \"max_ms\": "
+      "%.5f, \"reps\": %d, \"bytes\": %.0f, \"GB_s\": %.1f, \"pct_of_copy\": %.1f%s}\n",
+      name.c_str(), g_card.c_str(), s.median_ms, s.min_ms, s.max_ms, g_reps, bytes, gbs,
+      g_copy_gbs > 0 ? 100.0 * gbs / g_copy_gbs : 0.0, extra.c_str());
+  std::fflush(stdout);
+}
+
+// A graph of whatever `enqueue` puts on the stream.
+cudaGraphExec_t capture(cudaStream_t stream, const std::function<void()>& enqueue) {
+  cudaGraph_t graph;
+  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "capture");
+  enqueue();
+  check_cuda(cudaStreamEndCapture(stream, &graph), "capture end");
+  cudaGraphExec_t exec;
+  check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  cudaGraphDestroy(graph);
+  return exec;
+}
+
+// One attn2 layer call with its own buffers.
+struct Layer {
+  int n = 0, c = 0;
+  DeviceBuffer q, k, v, out, ip;  // ip: K_c, V_c, K_u, V_u [16, C]
+  kernels::DecoupledAttentionParams params;
+  double bytes(bool with_ip) const {
+    return static_cast<double>(q.bytes() + out.bytes() + k.bytes() + v.bytes()) +
+           (with_ip ? 2.0 * 16 * c * 2 * 2 : 0.0);  // batch rows read cond or uncond K/V once
+  }
+};
+
+Layer make_layer(int n, int c, int batch, int text, std::uint32_t seed) {
+  Layer l;
+  l.n = n;
+  l.c = c;
+  const std::size_t qb = static_cast<std::size_t>(batch) * n * c * 2;
+  const std::size_t kb = static_cast<std::size_t>(batch) * text * c * 2;
+  l.q = DeviceBuffer(qb);
+  l.out = DeviceBuffer(qb);
+  l.k = DeviceBuffer(kb);
+  l.v = DeviceBuffer(kb);
+  l.ip = DeviceBuffer(static_cast<std::size_t>(4) * 16 * c * 2);
+  fill(l.q, seed);
+  fill(l.k, seed + 1);
+  fill(l.v, seed + 2);
+  fill(l.ip, seed + 3);
+  kernels::DecoupledAttentionParams& p = l.params;
+  p.q = l.q.data();
+  p.q_batch_stride = static_cast<std::int64_t>(n) * c;
+  p.q_row_stride = c;
+  p.out = l.out.data();
+  p.out_batch_stride = p.q_batch_stride;
+  p.out_row_stride = c;
+  p.k = l.k.data();
+  p.v = l.v.data();
+  p.k_batch_stride = p.v_batch_stride = static_cast<std::int64_t>(text) * c;
+  p.k_row_stride = p.v_row_stride = c;
+  p.batch = batch;
+  p.queries = n;
+  p.text_len = text;
+  p.heads = c / 64;
+  p.images_per_chunk = batch / 2 > 0 ? batch / 2 : 1;
+  p.uncond_chunks = 0b10;
+  p.num_identities = 1;
+  const __half* ip = l.ip.as<__half>();
+  const std::int64_t tc = 16LL * c;
+  p.ip[0].k[0] = ip;
+  p.ip[0].v[0] = ip + tc;
+  p.ip[0].k[1] = ip + 2 * tc;
+  p.ip[0].v[1] = ip + 3 * tc;
+  p.ip[0].row_stride = c;
+  p.ip[0].tokens = 16;
+  p.ip[0].scale = 0.8f;
+  return l;
+}
+
+void launch(const Layer& l, bool with_ip, cudaStream_t stream) {
+  kernels::DecoupledAttentionParams p = l.params;
+  if (!with_ip) p.num_identities = 0;
+  check_cuda(kernels::decoupled_attention(kernels::AttentionDType::kF16, 64, p, stream), "launch");
+}
+
+// SDXL's attn2 layers in call order: input 4,5 (2 × 2 at 640), input 7,8 (2 × 10 at 1280),
+// middle (10 at 1280), output 0,1,2 (3 × 10 at 1280), output 3,4,5 (3 × 2 at 640).
+std::vector<int> sdxl_widths() {
+  std::vector<int> w;
+  for (int i = 0; i < 4; ++i) w.push_back(640);
+  for (int i = 0; i < 60; ++i) w.push_back(1280);
+  for (int i = 0; i < 6; ++i) w.push_back(640);
+  return w;
+}
+
+void bench_copy(cudaStream_t stream) {
+  const std::size_t bytes = std::size_t{1} << 30;
+  DeviceBuffer a(bytes), b(bytes);
+  check_cuda(cudaMemset(a.data(), 1, bytes), "memset");
+  const Stats s = time_it(stream, [&] {
+    check_cuda(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, stream), "copy");
+  });
+  g_copy_gbs = 2.0 * bytes / (s.median_ms * 1e-3) / 1e9;
+  row("d2d_copy_1GiB", s, 2.0 * bytes, ", \"note\": \"ceiling: bytes read + written\"");
+}
+
+void bench_step(cudaStream_t stream) {
+  const int batch = 2, text = 77;
+  std::vector<Layer> layers;
+  std::uint32_t seed = 1;
+  for (int w : sdxl_widths()) layers.push_back(make_layer(w == 640 ? 4096 : 1024, w, batch, text, seed += 7));
+  check_cuda(cudaDeviceSynchronize(), "fill");
+  for (bool with_ip : {true, false}) {
+    double bytes = 0;
+    for (const Layer& l : layers) bytes += l.bytes(with_ip);
+    cudaGraphExec_t exec = capture(stream, [&] {
+      for (const Layer& l : layers) launch(l, with_ip, stream);
+    });
+    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+    const double floor_ms = bytes / (g_copy_gbs * 1e9) * 1e3;
+    char extra[256];
+    std::snprintf(extra, sizeof extra,
+                  ", \"layers\": 70, \"batch\": 2, \"text_tokens\": 77, \"ip_tokens\": %d, "
+                  "\"dtype\": \"f16\", \"copy_floor_ms\": %.4f",
+                  with_ip ? 16 : 0, floor_ms);
+    row(with_ip ? "sdxl_step_attn2_fused" : "sdxl_step_attn2_text_only", s, bytes, extra);
+    cudaGraphExecDestroy(exec);
+  }
+}
+
+// Resident-variant tiles (warps per CTA × 16-row blocks per warp) on the whole step.
+template <int kWarps, int kGroups, bool kSingle = true>
+void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double bytes) {
+  cudaGraphExec_t exec = capture(stream, [&] {
+    for (const Layer& l : layers) {
+      check_cuda(kernels::launch_resident_attention<__half, 64, kWarps, kGroups, kSingle>(l.params, stream),
+                 "tune launch");
+    }
+  });
+  const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+  char extra[96];
+  std::snprintf(extra, sizeof extra, ", \"warps\": %d, \"row_blocks_per_warp\": %d, \"one_pass\": %s",
+                kWarps, kGroups, kSingle ? "true" : "false");
+  row("tune_sdxl_step_fused_w" + std::to_string(kWarps) + "_g" + std::to_string(kGroups) +
+          (kSingle ? "_onepass" : "_online"),
+      s, bytes, extra);
+  cudaGraphExecDestroy(exec);
+}
+
+void bench_tune(cudaStream_t stream) {
+  std::vector<Layer> layers;
+  std::uint32_t seed = 3;
+  for (int w : sdxl_widths()) layers.push_back(make_layer(w == 640 ? 4096 : 1024, w, 2, 77, seed += 7));
+  check_cuda(cudaDeviceSynchronize(), "fill");
+  double bytes = 0;
+  for (const Layer& l : layers) bytes += l.bytes(true);
+  tune_step<4, 2, false>(layers, stream, bytes);
+  tune_step<4, 1>(layers, stream, bytes);
+  tune_step<4, 2>(layers, stream, bytes);
+  tune_step<8, 1>(layers, stream, bytes);
+  tune_step<8, 2>(layers, stream, bytes);
+  tune_step<2, 2>(layers, stream, bytes);
+}
+
+void bench_layers(cudaStream_t stream) {
+  const int batch = 2, text = 77, sets = 8;
+  for (int w : {640, 1280}) {
+    const int n = w == 640 ? 4096 : 1024;
+    std::vector<Layer> layers;
+    for (int i = 0; i < sets; ++i) layers.push_back(make_layer(n, w, batch, text, 100 + 13 * i));
+    check_cuda(cudaDeviceSynchronize(), "fill");
+    for (bool with_ip : {true, false}) {
+      cudaGraphExec_t exec = capture(stream, [&] {
+        for (const Layer& l : layers) launch(l, with_ip, stream);
+      });
+      const Stats s =
+          time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); }, sets);
+      char extra[160];
+      std::snprintf(extra, sizeof extra, ", \"N\": %d, \"C\": %d, \"batch\": 2, \"ip_tokens\": %d", n,
+                    w, with_ip ? 16 : 0);
+      row(std::string("layer_") + (w == 640 ? "4096x640" : "1024x1280") +
+              (with_ip ? "_fused" : "_text_only"),
+          s, layers[0].bytes(with_ip), extra);
+      cudaGraphExecDestroy(exec);
+    }
+  }
+}
+
+std::map<std::string, HostTensor> resampler_weights(const instantid::ModelLayout& layout, int d_out) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::map<std::string, HostTensor> w;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, float sd, float mean) {
+    HostTensor t(shape);
+    for (float& x : t.values()) x = mean + sd * normal(rng);
+    w.emplace(name, std::move(t));
+  };
+  const int dim = layout.dim, inner = layout.heads * layout.dim_head, ff = dim * layout.ff_mult;
+  auto lin = [&](const std::string& n, int o, int i) { add(n, {o, i}, 1.0f / std::sqrt(float(i)), 0); };
+  add("latents", {1, layout.num_queries, dim}, 1, 0);
+  lin("proj_in.weight", dim, layout.embed_dim);
+  add("proj_in.bias", {dim}, 0.1f, 0);
+  lin("proj_out.weight", d_out, dim);
+  add("proj_out.bias", {d_out}, 0.1f, 0);
+  add("norm_out.weight", {d_out}, 0.1f, 1);
+  add("norm_out.bias", {d_out}, 0.1f, 0);
+  for (int i = 0; i < layout.depth; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    for (const char* n : {"0.norm1", "0.norm2", "1.0"}) {
+      add(p + n + ".weight", {dim}, 0.1f, 1);
+      add(p + n + ".bias", {dim}, 0.1f, 0);
+    }
+    lin(p + "0.to_q.weight", inner, dim);
+    lin(p + "0.to_kv.weight", 2 * inner, dim);
+    lin(p + "0.to_out.weight", dim, inner);
+    lin(p + "1.1.weight", ff, dim);
+    lin(p + "1.3.weight", dim, ff);
+  }
+  return w;
+}
+
+void bench_resampler(cudaStream_t stream) {
+  const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
+  const int d_out = 2048, batch = 2;
+  const auto w = resampler_weights(layout, d_out);
+  instantid::cuda::GpuResampler gpu(
+      layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.at(s); }, batch, 1);
+  DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);
+  DeviceBuffer y(static_cast<std::size_t>(batch) * 16 * d_out * 4);
+  check_cuda(cudaMemset(x.data(), 0, x.bytes()), "memset");
+  cudaGraphExec_t exec = capture(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
+  const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+  double weight_bytes = 0;
+  for (const auto& kv : w) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
+  row("resampler_cond_uncond", s, weight_bytes,
+      ", \"batch\": 2, \"dtype\": \"f32 (cuBLAS SGEMM, no TF32)\", \"note\": \"bytes = weights read\"");
+  cudaGraphExecDestroy(exec);
+}
+
+void bench_prepare(cudaStream_t stream) {
+  const std::vector<int> widths = sdxl_widths();
+  const int d_out = 2048, tokens = 16;
+  std::vector<HostTensor> kw, vw;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> u(-0.02f, 0.02f);
+  for (int c : widths) {
+    HostTensor a({c, d_out}), b({c, d_out});
+    for (float& e : a.values()) e = u(rng);
+    for (float& e : b.values()) e = u(rng);
+    kw.push_back(std::move(a));
+    vw.push_back(std::move(b));
+  }
+  std::vector<float> cond(static_cast<std::size_t>(tokens) * d_out, 0.5f), uncond(cond.size(), -0.5f);
+  double weight_bytes = 0;
+  for (const auto& t : kw) weight_bytes += 2.0 * t.numel() * 4;
+  std::vector<double> ms;
+  std::size_t table_bytes = 0;
+  for (int r = 0; r < 3; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto table = instantid::cuda::compute_ip_key_values(
+        widths, cond.data(), uncond.data(), tokens, d_out,
+        [&](int n) -> const HostTensor& { return kw[static_cast<std::size_t>(n)]; },
+        [&](int n) -> const HostTensor& { return vw[static_cast<std::size_t>(n)]; },
+        instantid::EmbedsScaling::kVOnly, 0.8f, instantid::DType::kF16, stream);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    table_bytes = table.storage.bytes();
+  }
+  std::sort(ms.begin(), ms.end());
+  std::printf(
+      "{\"bench\": \"prepare_ip_kv_70_layers\", \"card\": \"%s\", \"median_ms\": %.2f, \"min_ms\": "
+      "%.2f, \"max_ms\": %.2f, \"reps\": 3, \"bytes\": %.0f, \"note\": \"wall time incl. "
+      "host-to-device upload of the float32 projection weights (pageable)\"}\n",
+      g_card.c_str(), ms[1], ms[0], ms[2], weight_bytes);
+  // A prepared identity holds its ip K/V table, plus one [M, N] float mask per token count when
+  // masked (1024²: 4096 + 1024 floats for M = 1).
+  const double mask_bytes = (4096.0 + 1024.0) * 4;
+  std::printf(
+      "{\"bench\": \"prepared_patch_gpu_memory\", \"card\": \"%s\", \"bytes\": %zu, "
+      "\"bytes_with_mask_1024\": %.0f, \"MB\": %.2f, \"note\": \"1 identity, f16, 16 tokens, 70 "
+      "layers; resampler and projection weights freed\"}\n",
+      g_card.c_str(), table_bytes, static_cast<double>(table_bytes) + mask_bytes, table_bytes / 1e6);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--reps") == 0) g_reps = std::max(3, std::atoi(argv[i + 1]));
+  }
+  for (int i = 1; i < argc; ++i) g_tune = g_tune || std::strcmp(argv[i], "--tune") == 0;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    std::printf("{\"bench\": \"none\", \"note\": \"no CUDA device\"}\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  g_card = prop.name;
+  cudaStream_t stream;
+  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  try {
+    bench_copy(stream);
+    bench_step(stream);
+    bench_layers(stream);
+    if (g_tune) bench_tune(stream);
+    bench_resampler(stream);
+    bench_prepare(stream);
+  } catch (const std::exception& e) {
+    std::printf("{\"bench\": \"error\", \"note\": \"%s\"}\n", e.what());
+    return 1;
+  }
+  cudaStreamDestroy(stream);
+  return 0;
+}
