@@ -161,46 +161,108 @@ def uncond_of(clip_embed, noise):
     return torch.zeros_like(clip_embed), -1
 
 
-# ---- Spec §3: the Resampler, as InstantID's resampler.py (evaluated in float64) ---------------
+# ---- Spec §3: the Resampler, the module of InstantID's resampler.py (evaluated in float64) -----
+
+def FeedForward(dim, mult=4):
+    inner_dim = int(dim * mult)
+    return torch.nn.Sequential(
+        torch.nn.LayerNorm(dim),
+        torch.nn.Linear(dim, inner_dim, bias=False),
+        torch.nn.GELU(),
+        torch.nn.Linear(inner_dim, dim, bias=False),
+    )
+
 
 def reshape_tensor(x, heads):
-    bs, length, _ = x.shape
-    x = x.view(bs, length, heads, -1).transpose(1, 2)
-    return x.reshape(bs, heads, length, -1)
+    bs, length, width = x.shape
+    x = x.view(bs, length, heads, -1)
+    x = x.transpose(1, 2)
+    x = x.reshape(bs, heads, length, -1)
+    return x
 
 
-def layer_norm(x, w, b):
-    return F.layer_norm(x, (x.shape[-1],), w, b, eps=1e-5)
+class PerceiverAttention(torch.nn.Module):
+    def __init__(self, *, dim, dim_head=64, heads=8):
+        super().__init__()
+        self.scale = dim_head ** -0.5
+        self.dim_head = dim_head
+        self.heads = heads
+        inner_dim = dim_head * heads
+        self.norm1 = torch.nn.LayerNorm(dim)
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.to_q = torch.nn.Linear(dim, inner_dim, bias=False)
+        self.to_kv = torch.nn.Linear(dim, inner_dim * 2, bias=False)
+        self.to_out = torch.nn.Linear(inner_dim, dim, bias=False)
+
+    def forward(self, x, latents):
+        x = self.norm1(x)
+        latents = self.norm2(latents)
+        b, l, _ = latents.shape
+        q = self.to_q(latents)
+        kv_input = torch.cat((x, latents), dim=-2)
+        k, v = self.to_kv(kv_input).chunk(2, dim=-1)
+        q = reshape_tensor(q, self.heads)
+        k = reshape_tensor(k, self.heads)
+        v = reshape_tensor(v, self.heads)
+        scale = 1 / math.sqrt(math.sqrt(self.dim_head))
+        weight = (q * scale) @ (k * scale).transpose(-2, -1)
+        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+        out = weight @ v
+        out = out.permute(0, 2, 1, 3).reshape(b, l, -1)
+        return self.to_out(out)
 
 
-def resampler(P, x):
-    latents = P["latents"].repeat(x.size(0), 1, 1)
-    x = F.linear(x, P["proj_in.weight"], P["proj_in.bias"])
-    for i in range(DEPTH):
-        p = f"layers.{i}."
-        xn = layer_norm(x, P[p + "0.norm1.weight"], P[p + "0.norm1.bias"])
-        ln = layer_norm(latents, P[p + "0.norm2.weight"], P[p + "0.norm2.bias"])
-        b, l, _ = ln.shape
-        q = F.linear(ln, P[p + "0.to_q.weight"])
-        k, v = F.linear(torch.cat((xn, ln), dim=-2), P[p + "0.to_kv.weight"]).chunk(2, dim=-1)
-        q, k, v = (reshape_tensor(t, HEADS) for t in (q, k, v))
-        scale = 1 / math.sqrt(math.sqrt(DIM_HEAD))
-        weight = torch.softmax((q * scale) @ (k * scale).transpose(-2, -1), dim=-1)
-        out = (weight @ v).permute(0, 2, 1, 3).reshape(b, l, -1)
-        latents = F.linear(out, P[p + "0.to_out.weight"]) + latents
-        h = layer_norm(latents, P[p + "1.0.weight"], P[p + "1.0.bias"])
-        h = F.gelu(F.linear(h, P[p + "1.1.weight"]))  # erf GELU
-        latents = F.linear(h, P[p + "1.3.weight"]) + latents
-    latents = F.linear(latents, P["proj_out.weight"], P["proj_out.bias"])
-    return layer_norm(latents, P["norm_out.weight"], P["norm_out.bias"])
+class Resampler(torch.nn.Module):
+    def __init__(self, dim=1024, depth=8, dim_head=64, heads=16, num_queries=8,
+                 embedding_dim=768, output_dim=1024, ff_mult=4):
+        super().__init__()
+        self.latents = torch.nn.Parameter(torch.randn(1, num_queries, dim) / dim ** 0.5)
+        self.proj_in = torch.nn.Linear(embedding_dim, dim)
+        self.proj_out = torch.nn.Linear(dim, output_dim)
+        self.norm_out = torch.nn.LayerNorm(output_dim)
+        self.layers = torch.nn.ModuleList([])
+        for _ in range(depth):
+            self.layers.append(torch.nn.ModuleList([
+                PerceiverAttention(dim=dim, dim_head=dim_head, heads=heads),
+                FeedForward(dim=dim, mult=ff_mult),
+            ]))
+
+    def forward(self, x):
+        latents = self.latents.repeat(x.size(0), 1, 1)
+        x = self.proj_in(x)
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents
+            latents = ff(latents) + latents
+        latents = self.proj_out(latents)
+        return self.norm_out(latents)
 
 
-def project(P, face_embed, mode, noise):
+class To_KV(torch.nn.Module):
+    """ComfyUI_InstantID's ip_layers: one bias-free Linear per checkpoint key, "1_to_k_ip", ..."""
+
+    def __init__(self, state_dict):
+        super().__init__()
+        self.to_kvs = torch.nn.ModuleDict()
+        for key, value in state_dict.items():
+            name = key.replace(".weight", "").replace(".", "_")
+            self.to_kvs[name] = torch.nn.Linear(value.shape[1], value.shape[0], bias=False)
+            self.to_kvs[name].weight.data = value
+
+
+def make_resampler(proj):
+    model = Resampler(dim=DIM, depth=DEPTH, dim_head=DIM_HEAD, heads=HEADS, num_queries=QUERIES,
+                      embedding_dim=EMBED, output_dim=D_OUT, ff_mult=FF_MULT).double()
+    model.load_state_dict({k: v.double() for k, v in proj.items()}, strict=True)
+    return model.eval()
+
+
+@torch.no_grad()
+def project(resampler, face_embed, mode, noise):
     cond_in = combine(face_embed, mode)
     uncond_in, seed = uncond_of(cond_in, noise)
     k = cond_in.shape[0]
-    cond = resampler(P, cond_in.double()).reshape(1, 16 * k, D_OUT)
-    uncond = resampler(P, uncond_in.double()).reshape(1, 16 * k, D_OUT)
+    cond = resampler(cond_in.double()).reshape(1, 16 * k, D_OUT)
+    uncond = resampler(uncond_in.double()).reshape(1, 16 * k, D_OUT)
     return dict(cond_input=cond_in, uncond_input=uncond_in, cond=cond, uncond=uncond, seed=seed)
 
 
@@ -280,17 +342,16 @@ def patched_attn2(IP, q, k, v, layer, sigma, cond_or_uncond, identities, oh, ow)
     out = attention(q, k, v, heads)
     b, seq_len, channels = q.shape
     batch_prompt = b // len(cond_or_uncond)
-    key = 2 * layer + 1
+    k_key, v_key = f"{2 * layer + 1}_to_k_ip", f"{2 * layer + 1}_to_v_ip"
     for ident in identities:
         weight = ident["weight"]
         if not (ident["sigma_end"] <= sigma <= ident["sigma_start"]) or weight == 0:
             continue
-        wk, wv = IP[f"{key}.to_k_ip.weight"], IP[f"{key}.to_v_ip.weight"]
         cond, uncond = ident["tokens"]["cond"], ident["tokens"]["uncond"]
-        k_cond = F.linear(cond, wk).repeat(batch_prompt, 1, 1)
-        k_uncond = F.linear(uncond, wk).repeat(batch_prompt, 1, 1)
-        v_cond = F.linear(cond, wv).repeat(batch_prompt, 1, 1)
-        v_uncond = F.linear(uncond, wv).repeat(batch_prompt, 1, 1)
+        k_cond = IP.to_kvs[k_key](cond).repeat(batch_prompt, 1, 1)
+        k_uncond = IP.to_kvs[k_key](uncond).repeat(batch_prompt, 1, 1)
+        v_cond = IP.to_kvs[v_key](cond).repeat(batch_prompt, 1, 1)
+        v_uncond = IP.to_kvs[v_key](uncond).repeat(batch_prompt, 1, 1)
         ip_k = torch.cat([(k_cond, k_uncond)[i] for i in cond_or_uncond], dim=0)
         ip_v = torch.cat([(v_cond, v_uncond)[i] for i in cond_or_uncond], dim=0)
         scaling = ident["scaling"]
@@ -365,6 +426,7 @@ PERCENTS = [0.0, 1e-6, 0.001, 0.1, 0.2, 0.25, 1.0 / 3.0, 0.5, 0.6, 0.77, 0.9, 0.
 RAND_SEEDS = [0, 1, 42, 5489, 123456789, 1000000006]
 
 
+@torch.no_grad()
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "data", "reference")
@@ -379,8 +441,8 @@ def main():
     write_safetensors(os.path.join(out_dir, "model.safetensors"), flat,
                       {"format": "pt", "layout": "reduced(10, 64, 64, 1)"})
 
-    P = {k: v.double() for k, v in proj.items()}
-    IP = {k: v.double() for k, v in ip.items()}
+    resampler = make_resampler(proj)
+    IP = To_KV(collections.OrderedDict((k, v.double()) for k, v in ip.items()))
     G = collections.OrderedDict()
 
     for i, seed in enumerate(RAND_SEEDS):
@@ -390,7 +452,7 @@ def main():
 
     tokens = {}
     for name, (seed, n, scale, mode, noise) in PROJECTIONS.items():
-        r = project(P, hash_values(seed, (n, EMBED), scale), mode, noise)
+        r = project(resampler, hash_values(seed, (n, EMBED), scale), mode, noise)
         tokens[name] = r
         G[f"proj.{name}.cond_input"] = r["cond_input"]
         G[f"proj.{name}.uncond_input"] = r["uncond_input"]
@@ -405,9 +467,9 @@ def main():
         li = layer_index("input", 4, 0)
         ident = dict(tokens=tokens["single"], weight=0.75, scaling=mode, sigma_start=1e9,
                      sigma_end=0.0)
-        wk, wv = IP[f"{2 * li + 1}.to_k_ip.weight"], IP[f"{2 * li + 1}.to_v_ip.weight"]
-        kc = F.linear(ident["tokens"]["cond"][0], wk)
-        vc = F.linear(ident["tokens"]["cond"][0], wv)
+        wk = IP.to_kvs[f"{2 * li + 1}_to_k_ip"].weight
+        kc = IP.to_kvs[f"{2 * li + 1}_to_k_ip"](ident["tokens"]["cond"][0])
+        vc = IP.to_kvs[f"{2 * li + 1}_to_v_ip"](ident["tokens"]["cond"][0])
         w = 0.75
         if mode != "V only":
             if mode != "K+V":
