@@ -74,15 +74,25 @@ void conv2d_group_avx2(const Conv2dGeometry& g, std::int64_t cg, std::int64_t mg
     for (std::int64_t k = 0; k < k_dim; ++k) dst[k * kRows] = src[k];
   }
   const std::int64_t panels = (n_cols + kCols - 1) / kCols;
+  // Work units: (panel, slice of row tiles). Small images (few panels) split the output channels
+  // too, so every core has work; each unit packs its own panel.
+  const std::int64_t target = parallel_threads() * 4;
+  const std::int64_t slices =
+      panels >= target ? 1 : std::min(row_tiles, (target + panels - 1) / panels);
   const std::int64_t hw = g.h * g.w;
   const bool contiguous_rows = g.sw == 1;
-  parallel_for(panels, 4, [&](std::int64_t pb, std::int64_t pe) {
+  parallel_run(panels * slices, [&](std::int64_t unit) {
+    const std::int64_t p = unit / slices, slice = unit % slices;
+    const std::int64_t t_begin = slice * row_tiles / slices;
+    const std::int64_t t_end = (slice + 1) * row_tiles / slices;
+    if (t_begin >= t_end) return;
     // Packed im2col panel: [K][16], 32-byte aligned.
-    std::vector<float> storage(static_cast<std::size_t>(k_dim * kCols + 8));
+    thread_local std::vector<float> storage;
+    storage.resize(static_cast<std::size_t>(k_dim * kCols + 8));
     float* bp = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(storage.data()) + 31) &
                                          ~std::uintptr_t{31});
     std::int64_t iy0[kCols], ix0[kCols];
-    for (std::int64_t p = pb; p < pe; ++p) {
+    {
       const std::int64_t j0 = p * kCols;
       const std::int64_t cols = std::min(kCols, n_cols - j0);
       for (std::int64_t jj = 0; jj < kCols; ++jj) {
@@ -124,7 +134,7 @@ void conv2d_group_avx2(const Conv2dGeometry& g, std::int64_t cg, std::int64_t mg
           }
         }
       }
-      for (std::int64_t t = 0; t < row_tiles; ++t) {
+      for (std::int64_t t = t_begin; t < t_end; ++t) {
         const std::int64_t m0 = t * kRows;
         micro_kernel(k_dim, ap.data() + t * k_dim * kRows, bp, y + m0 * n_cols + j0, n_cols,
                      std::min(kRows, mg - m0), cols, bias != nullptr ? bias + m0 : nullptr);

@@ -19,6 +19,8 @@ using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Ro
 using StridedMap = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
 using ConstStridedMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
 
+constexpr std::int64_t kElementwiseChunk = 1 << 16;
+
 std::int64_t count(const Shape& s) {
   std::int64_t n = 1;
   for (auto d : s) n *= d;
@@ -52,12 +54,16 @@ void broadcast_apply(const Shape& out, const Shape& as, const T* a, const Shape&
   const std::int64_t n = count(out);
   const std::int64_t na = count(as), nb = count(bs);
   if (na == n && nb == n) {
-    for (std::int64_t i = 0; i < n; ++i) y[i] = f(a[i], b[i]);
+    parallel_for(n, kElementwiseChunk, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t i = lo; i < hi; ++i) y[i] = f(a[i], b[i]);
+    });
     return;
   }
   if (na == n && nb == 1) {
     const T bv = b[0];
-    for (std::int64_t i = 0; i < n; ++i) y[i] = f(a[i], bv);
+    parallel_for(n, kElementwiseChunk, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t i = lo; i < hi; ++i) y[i] = f(a[i], bv);
+    });
     return;
   }
   if (nb == n && na == 1) {
@@ -319,13 +325,15 @@ Tensor batch_norm(const Node& node, const std::vector<const Tensor*>& in) {
     a[k] = in[1]->f[k] / std::sqrt(in[4]->f[k] + eps);
     b[k] = in[2]->f[k] - in[3]->f[k] * a[k];
   }
-  for (std::int64_t n = 0; n < x.shape[0]; ++n) {
-    for (std::int64_t ch = 0; ch < c; ++ch) {
-      const std::size_t off = static_cast<std::size_t>((n * c + ch) * inner);
-      const float av = a[static_cast<std::size_t>(ch)], bv = b[static_cast<std::size_t>(ch)];
-      for (std::int64_t k = 0; k < inner; ++k) y.f[off + static_cast<std::size_t>(k)] = x.f[off + static_cast<std::size_t>(k)] * av + bv;
+  parallel_for(x.shape[0] * c, std::max<std::int64_t>(1, kElementwiseChunk / std::max<std::int64_t>(1, inner)),
+               [&](std::int64_t lo, std::int64_t hi) {
+    for (std::int64_t nc = lo; nc < hi; ++nc) {
+      const auto ch = static_cast<std::size_t>(nc % c);
+      const float* src = x.f.data() + nc * inner;
+      float* dst = y.f.data() + nc * inner;
+      for (std::int64_t k = 0; k < inner; ++k) dst[k] = src[k] * a[ch] + b[ch];
     }
-  }
+  });
   return y;
 }
 
@@ -672,7 +680,10 @@ Tensor clip(const Node& node, std::int64_t opset, const std::vector<const Tensor
     }
   }
   Tensor y = x;
-  for (auto& v : y.f) v = std::min(std::max(v, lo), hi);
+  float* p = y.f.data();
+  parallel_for(y.numel(), kElementwiseChunk, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t i = b; i < e; ++i) p[i] = std::min(std::max(p[i], lo), hi);
+  });
   return y;
 }
 
@@ -704,10 +715,14 @@ std::vector<Tensor> run_cpu_node(const Node& node, std::int64_t opset,
                       " must broadcast to the input ", shape_string(x.shape));
       break;
     }
-    case Op::kRelu:
+    case Op::kRelu: {
       y = need_float(node, in, 0, "X");
-      for (auto& v : y.f) v = std::max(v, 0.0f);
+      float* p = y.f.data();
+      parallel_for(y.numel(), kElementwiseChunk, [&](std::int64_t lo, std::int64_t hi) {
+        for (std::int64_t i = lo; i < hi; ++i) p[i] = std::max(p[i], 0.0f);
+      });
       break;
+    }
     case Op::kSigmoid:
       y = need_float(node, in, 0, "X");
       for (auto& v : y.f) v = 1.0f / (1.0f + std::exp(-v));
