@@ -29,10 +29,11 @@ std::uint64_t noise_seed(const float* values, std::size_t n) {
   const float rounded = static_cast<float>(sum);
   INSTANTID_CHECK(std::isfinite(rounded), "noise_seed: got a sum of ", rounded,
                   ", expected a finite value (embedding has NaN/Inf or is too large)");
-  constexpr std::int64_t kModulus = 1000000007;
-  const auto truncated = static_cast<std::int64_t>(std::trunc(static_cast<double>(rounded)));
-  std::int64_t seed = truncated % kModulus;  // C++ remainder takes the sign of the dividend
-  if (seed < 0) seed += kModulus;            // Python's % is never negative here
+  // Python's int() is exact for any float and % is never negative; fmod of doubles is exact, so
+  // this holds for sums beyond the int64 range too.
+  constexpr double kModulus = 1000000007.0;
+  double seed = std::fmod(std::trunc(static_cast<double>(rounded)), kModulus);
+  if (seed < 0) seed += kModulus;
   return static_cast<std::uint64_t>(seed);
 }
 

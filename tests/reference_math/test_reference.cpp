@@ -40,6 +40,8 @@ TEST_CASE("noise_seed follows Python's int() and % semantics", "[reference][nois
   CHECK(ref::noise_seed(positive, 2) == 4);
   CHECK(ref::noise_seed(negative, 2) == 1000000003);
   CHECK(ref::noise_seed(big, 2) == 199999993);
+  const float huge[] = {-3.0e38f};  // int(-3e38) % 1000000007 in Python
+  CHECK(ref::noise_seed(huge, 1) == 478944860);
   const float nan[] = {std::nanf("")};
   CHECK_THROWS_WITH(ref::noise_seed(nan, 1), Catch::Contains("expected a finite value"));
 }
