@@ -208,9 +208,22 @@ CheckpointFormat detect_checkpoint_format(ByteSpan bytes) {
 }
 
 std::vector<CheckpointTensor> parse_checkpoint(ByteSpan bytes, const ReaderLimits& limits) {
-  return detect_checkpoint_format(bytes) == CheckpointFormat::kTorchZip
-             ? read_torch_zip(bytes, limits)
-             : parse_safetensors(bytes, limits);
+  if (detect_checkpoint_format(bytes) == CheckpointFormat::kTorchZip) {
+    return read_torch_zip(bytes, limits);
+  }
+  try {
+    return parse_safetensors(bytes, limits);
+  } catch (const Error& e) {
+    // A bare pickle (PROTO 2..5) is torch's legacy pre-1.6 format: say so rather than only
+    // reporting a nonsensical safetensors header.
+    if (bytes.size >= 2 && bytes.data[0] == 0x80 && bytes.data[1] >= 2 && bytes.data[1] <= 5) {
+      throw Error(make_message(e.what(),
+                               " (the file starts like a bare pickle: torch's legacy "
+                               "pre-1.6 format is not supported; re-save it with a "
+                               "current torch.save or as .safetensors)"));
+    }
+    throw;
+  }
 }
 
 namespace {

@@ -149,6 +149,12 @@ TEST_CASE("Truncated torch zip files are refused at every cut point", "[checkpoi
   }
 }
 
+TEST_CASE("Legacy (pre-zip) torch.save files are named as such", "[checkpoint][errors]") {
+  // Legacy files start with a pickled magic number: PROTO 2, LONG1 ...
+  const Bytes legacy{0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8};
+  REQUIRE_THROWS_WITH(parse(legacy), Contains("legacy pre-1.6 format is not supported"));
+}
+
 TEST_CASE("Files: missing, empty and truncated paths name the path", "[checkpoint][errors]") {
   TempDir dir;
   REQUIRE_THROWS_WITH(CheckpointFile::open((dir.path / "nope.bin").string()),
