@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   std::string model, shape_text = "1x3x640x640", device = "cpu", dtype = "f32", label;
   int iters = 20, warmup = 3;
   bool check = false;
+  bool graph = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = std::stoi(next());
     else if (a == "--label") label = next();
     else if (a == "--check") check = true;
+    else if (a == "--no-graph") graph = false;
     else {
       std::cerr << "bench_onnx: unknown argument " << a << "\n";
       return 2;
@@ -86,13 +88,14 @@ int main(int argc, char** argv) {
   }
   if (model.empty()) {
     std::cerr << "usage: bench_onnx --model PATH [--shape 1x3x640x640] [--device cpu|cuda] "
-                 "[--dtype f32|f16] [--iters N] [--warmup N] [--check] [--label NAME]\n";
+                 "[--dtype f32|f16] [--no-graph] [--iters N] [--warmup N] [--check] [--label NAME]\n";
     return 2;
   }
   try {
     instantid::onnx::ExecutorOptions options;
     if (device == "cuda") options.device = instantid::Device{instantid::DeviceType::kCuda, 0};
     options.cuda_dtype = dtype == "f16" ? instantid::DType::kF16 : instantid::DType::kF32;
+    options.cuda_graph = graph;
     const auto shape = parse_shape(shape_text);
     instantid::HostTensor x(shape);
     std::mt19937 rng(123);
@@ -128,7 +131,8 @@ int main(int argc, char** argv) {
     std::sort(ms.begin(), ms.end());
     const double median = ms[ms.size() / 2];
     const double p90 = ms[std::min(ms.size() - 1, ms.size() * 9 / 10)];
-    const std::string backend = device == "cuda" ? "ours-cuda-" + dtype : "ours-cpu";
+    const std::string backend =
+        device == "cuda" ? "ours-cuda-" + dtype + (graph ? "-graph" : "-launches") : "ours-cpu";
     std::string base = model.substr(model.find_last_of('/') + 1);
     std::printf(
         "{\"bench\": \"onnx\", \"label\": \"%s\", \"model\": \"%s\", \"input\": \"%s\", "

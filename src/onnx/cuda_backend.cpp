@@ -124,6 +124,11 @@ struct Plan {
   std::vector<DevTensor> inputs;
   std::vector<void*> input_staging;  // f32 device copies of the inputs (f16 mode)
   std::vector<OutputSlot> outputs;
+  bool graph_tried = false;
+  cudaGraphExec_t graph = nullptr;  // the steps, captured after the first run
+  ~Plan() {
+    if (graph != nullptr) cudaGraphExecDestroy(graph);
+  }
   void* alloc(std::size_t bytes, const std::string& where) {
     buffers.emplace_back(std::max<std::size_t>(bytes, 16), where);
     return buffers.back().get();
@@ -133,7 +138,10 @@ struct Plan {
 class CudaExecutor final : public CudaBackend {
  public:
   CudaExecutor(const Graph& graph, const ExecutorOptions& options)
-      : graph_(graph), device_(options.device.index), half_(options.cuda_dtype == DType::kF16) {
+      : graph_(graph),
+        device_(options.device.index),
+        half_(options.cuda_dtype == DType::kF16),
+        use_graphs_(options.cuda_graph) {
     const std::string where = graph_.path + ": CUDA backend";
     int count = 0;
     ONNX_CUDA(cudaGetDeviceCount(&count), where);
@@ -184,7 +192,12 @@ class CudaExecutor final : public CudaBackend {
                                   cudaMemcpyHostToDevice, stream_), where);
       }
     }
-    for (auto& step : plan.steps) step();
+    if (plan.graph != nullptr) {
+      ONNX_CUDA(cudaGraphLaunch(plan.graph, stream_), where);
+    } else {
+      for (auto& step : plan.steps) step();
+      if (use_graphs_ && !plan.graph_tried) capture(plan);
+    }
     std::vector<HostTensor> result;
     for (OutputSlot& slot : plan.outputs) {
       if (!slot.on_device) {
@@ -210,6 +223,30 @@ class CudaExecutor final : public CudaBackend {
   }
 
  private:
+  // Records the plan's launches into a CUDA graph (nothing executes during capture). Any failure
+  // leaves the plan on plain launches.
+  void capture(Plan& plan) {
+    plan.graph_tried = true;
+    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+      cudaGetLastError();
+      return;
+    }
+    bool ok = true;
+    try {
+      for (auto& step : plan.steps) step();
+    } catch (const Error&) {
+      ok = false;
+    }
+    cudaGraph_t graph = nullptr;
+    ok = cudaStreamEndCapture(stream_, &graph) == cudaSuccess && ok && graph != nullptr;
+    if (ok) ok = cudaGraphInstantiate(&plan.graph, graph, 0) == cudaSuccess;
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    if (!ok) {
+      plan.graph = nullptr;
+      cudaGetLastError();
+    }
+  }
+
   std::size_t elem_bytes() const { return half_ ? 2 : 4; }
   cudnnDataType_t cudnn_type() const { return half_ ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT; }
 
@@ -319,6 +356,7 @@ class CudaExecutor final : public CudaBackend {
   const Graph& graph_;
   int device_ = 0;
   bool half_ = false;
+  bool use_graphs_ = true;
   cudaStream_t stream_ = nullptr;
   cudnnHandle_t cudnn_ = nullptr;
   cublasHandle_t cublas_ = nullptr;

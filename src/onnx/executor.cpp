@@ -26,6 +26,9 @@ void check_inputs(const Graph& g, const std::vector<HostTensor>& inputs) {
   for (std::size_t k = 0; k < inputs.size(); ++k) {
     const ValueInfo& info = g.inputs[k];
     const HostTensor& t = inputs[k];
+    INSTANTID_CHECK(t.numel() <= TensorElementLimit::current(), g.path, ": input '", info.name,
+                    "': got shape ", t.shape_str(), ", more elements than the limit of ",
+                    TensorElementLimit::current(), " (ExecutorOptions::max_tensor_elements)");
     if (!info.dims.empty()) {
       INSTANTID_CHECK(static_cast<std::size_t>(t.ndim()) == info.dims.size(), g.path,
                       ": input '", info.name, "': got shape ", t.shape_str(), ", expected rank ",

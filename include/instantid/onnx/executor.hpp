@@ -22,6 +22,13 @@ struct ValueInfo {
 struct ExecutorOptions {
   Device device{};               // cpu, or cuda:N (cuDNN backend)
   DType cuda_dtype = DType::kF32;  // f32 or f16 compute on the CUDA backend
+  // Elements of any one tensor the CPU backend creates during run() (inputs, intermediates,
+  // outputs): a graph whose shapes grow past it fails with an Error before allocating.
+  // 2^28 float32 = 1 GiB; the face models need under 2^23 at 640 × 640.
+  std::int64_t max_tensor_elements = std::int64_t{1} << 28;
+  // CUDA backend: replay each per-shape plan as a CUDA graph after its first run (falls back to
+  // plain launches when capture fails). Results are identical either way.
+  bool cuda_graph = true;
 };
 
 class Executor {
