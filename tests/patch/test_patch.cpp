@@ -372,6 +372,23 @@ TEST_CASE("construction and stacking validate options, embeddings, tokens and mo
                     "patch's layout (70 layers, same widths) and D_out 32");
   CHECK(patch.num_identities() == 1);
 
+  // A layout whose layer width is not a multiple of the head size 64 is refused at the call.
+  {
+    std::map<std::string, HostTensor> odd_tensors = model.tensors();
+    ModelLayout odd = test::golden_layout();
+    odd.layers[0].width = 96;
+    odd_tensors["ip_adapter.1.to_k_ip.weight"] = HostTensor({96, 32}, 0.01f);
+    odd_tensors["ip_adapter.1.to_v_ip.weight"] = HostTensor({96, 32}, 0.01f);
+    const InstantIDModel odd_model = InstantIDModel::from_tensors(odd_tensors, odd, "odd");
+    AttentionPatch odd_patch(odd_model, embeds, PatchOptions{});
+    HostTensor q({1, 4, 96}), k({1, 3, 96}), v({1, 3, 96}), out({1, 4, 96});
+    AttentionCall call{q.view(), k.view(), v.view(), out.view(), odd.layers[0].id, 1.0,
+                       nullptr,  0,        0,        0,          nullptr};
+    CHECK_THROWS_WITH(
+        odd_patch.attention(call),
+        "attention at layer input 4.0: layer width: got 96, expected a multiple of 64");
+  }
+
   if (!cuda_available()) {
     BackendOptions cuda;
     cuda.backend = Backend::kCuda;
