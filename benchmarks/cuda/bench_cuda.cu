@@ -213,20 +213,22 @@ void bench_step(cudaStream_t stream) {
 }
 
 // Resident-variant tiles (warps per CTA × 16-row blocks per warp) on the whole step.
-template <int kWarps, int kGroups, bool kSingle = true>
+template <int kWarps, int kGroups, bool kSingle = true, int kSmWarps = 16>
 void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double bytes) {
   cudaGraphExec_t exec = capture(stream, [&] {
     for (const Layer& l : layers) {
-      check_cuda(kernels::launch_resident_attention<__half, 64, kWarps, kGroups, kSingle>(l.params, stream),
+      check_cuda(kernels::launch_resident_attention<__half, 64, kWarps, kGroups, kSingle, kSmWarps>(
+          l.params, stream),
                  "tune launch");
     }
   });
   const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
   char extra[96];
-  std::snprintf(extra, sizeof extra, ", \"warps\": %d, \"row_blocks_per_warp\": %d, \"one_pass\": %s",
-                kWarps, kGroups, kSingle ? "true" : "false");
+  std::snprintf(extra, sizeof extra,
+                ", \"warps\": %d, \"row_blocks_per_warp\": %d, \"one_pass\": %s, \"sm_warps\": %d",
+                kWarps, kGroups, kSingle ? "true" : "false", kSmWarps);
   row("tune_sdxl_step_fused_w" + std::to_string(kWarps) + "_g" + std::to_string(kGroups) +
-          (kSingle ? "_onepass" : "_online"),
+          (kSingle ? "_onepass" : "_online") + "_occ" + std::to_string(kSmWarps),
       s, bytes, extra);
   cudaGraphExecDestroy(exec);
 }
@@ -241,9 +243,10 @@ void bench_tune(cudaStream_t stream) {
   tune_step<4, 2, false>(layers, stream, bytes);
   tune_step<4, 1>(layers, stream, bytes);
   tune_step<4, 2>(layers, stream, bytes);
+  tune_step<4, 1, true, 20>(layers, stream, bytes);
+  tune_step<4, 2, true, 20>(layers, stream, bytes);
+  tune_step<2, 2, true, 20>(layers, stream, bytes);
   tune_step<8, 1>(layers, stream, bytes);
-  tune_step<8, 2>(layers, stream, bytes);
-  tune_step<2, 2>(layers, stream, bytes);
 }
 
 void bench_layers(cudaStream_t stream) {

@@ -499,9 +499,9 @@ struct ResidentPhase {
 // kSingle: every phase has at most kSingleKeys keys, so each softmax is exact in one pass and
 // its normaliser, scale and mask are folded into P before P·V accumulates straight into the
 // output (no per-phase accumulator, no rescaling).
-template <typename T, int kHeadDim, int kWarpsT, int kGroupsT, bool kSingle>
-// Registers: 16 (d 64) or 8 (d 128) resident warps per SM.
-__global__ void __launch_bounds__(32 * kWarpsT, (kHeadDim == 64 ? 16 : 8) / kWarpsT)
+// kSmWarps: resident warps per SM the register budget must allow (16 → 128 registers per thread).
+template <typename T, int kHeadDim, int kWarpsT, int kGroupsT, bool kSingle, int kSmWarps>
+__global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
     decoupled_attention_resident_kernel(const DecoupledAttentionParams p) {
   using Tile = ResidentTile<kHeadDim, kWarpsT, kGroupsT>;
   using Mma = attention_detail::MmaType<T>;
@@ -901,7 +901,8 @@ inline int resident_key_rows(const DecoupledAttentionParams& p) {
 }
 
 // Launches the resident variant with a given tile (benchmarks compare tiles through this).
-template <typename T, int kHeadDim, int kWarps, int kGroups, bool kSingle>
+template <typename T, int kHeadDim, int kWarps, int kGroups, bool kSingle,
+          int kSmWarps = (kHeadDim == 64 ? 16 : 8)>
 cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
                                       cudaStream_t stream) noexcept {
   using Tile = ResidentTile<kHeadDim, kWarps, kGroups>;
@@ -913,24 +914,29 @@ cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
   const std::uint64_t bit = std::uint64_t{1} << (device & 63);
   if ((configured.load(std::memory_order_acquire) & bit) == 0) {
     const cudaError_t e = cudaFuncSetAttribute(
-        decoupled_attention_resident_kernel<T, kHeadDim, kWarps, kGroups, kSingle>,
+        decoupled_attention_resident_kernel<T, kHeadDim, kWarps, kGroups, kSingle, kSmWarps>,
         cudaFuncAttributeMaxDynamicSharedMemorySize,
         static_cast<int>(Tile::smem_bytes(Tile::kMaxKeys, sizeof(T))));
     if (e != cudaSuccess) return e;
     configured.fetch_or(bit, std::memory_order_acq_rel);
   }
   const dim3 grid(params.heads, (params.queries + Tile::kRows - 1) / Tile::kRows, params.batch);
-  decoupled_attention_resident_kernel<T, kHeadDim, kWarps, kGroups, kSingle>
+  decoupled_attention_resident_kernel<T, kHeadDim, kWarps, kGroups, kSingle, kSmWarps>
       <<<grid, Tile::kThreads, Tile::smem_bytes(resident_key_rows(params), sizeof(T)), stream>>>(
           params);
   return cudaGetLastError();
 }
 
-// The default tile of the resident variant (measured: docs/performance.md).
+// The default tiles of the resident variants (measured on an H200 over the SDXL step, d 64:
+// docs/performance.md). One pass: 4 warps × 1 block of 16 rows at 96 registers (20 warps per SM)
+// beat 4 × 2 at 128 registers by 4.6 %; online: 4 × 2 at 128 registers. d 128 is not tuned.
 template <int kHeadDim>
 struct DefaultResident {
   static constexpr int kWarps = 4;
-  static constexpr int kGroups = 2;
+  static constexpr int kOnePassGroups = kHeadDim == 64 ? 1 : 2;
+  static constexpr int kOnePassSmWarps = kHeadDim == 64 ? 20 : 8;
+  static constexpr int kOnlineGroups = 2;
+  static constexpr int kOnlineSmWarps = kHeadDim == 64 ? 16 : 8;
 };
 
 template <typename T, int kHeadDim>
@@ -940,11 +946,13 @@ cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
   if (status != cudaSuccess) return status;
   const int key_rows = resident_key_rows(params);
   if (key_rows > 0 && key_rows <= ResidentTile<kHeadDim>::kMaxKeys) {
-    constexpr int kW = DefaultResident<kHeadDim>::kWarps, kG = DefaultResident<kHeadDim>::kGroups;
+    using D = DefaultResident<kHeadDim>;
     if (max_phase_keys(params) <= ResidentTile<kHeadDim>::kSingleKeys) {
-      return launch_resident_attention<T, kHeadDim, kW, kG, true>(params, stream);
+      return launch_resident_attention<T, kHeadDim, D::kWarps, D::kOnePassGroups, true,
+                                       D::kOnePassSmWarps>(params, stream);
     }
-    return launch_resident_attention<T, kHeadDim, kW, kG, false>(params, stream);
+    return launch_resident_attention<T, kHeadDim, D::kWarps, D::kOnlineGroups, false,
+                                     D::kOnlineSmWarps>(params, stream);
   }
   using Tile = AttentionTile<kHeadDim>;
   const dim3 grid(params.heads, (params.queries + Tile::kRows - 1) / Tile::kRows, params.batch);
