@@ -1,5 +1,6 @@
 #include "reference_math/golden.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
