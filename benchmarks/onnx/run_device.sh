@@ -15,7 +15,9 @@ tail -2 "$OUT/test_onnx.txt"
 B="$C/bin/bench_onnx"
 for m in scrfd_2.5g scrfd_500m; do
   for dt in f32 f16; do
-    "$B" --model "$C/shared/models/$m.onnx" --shape 1x3x640x640 --device cuda --dtype $dt --iters 100 --warmup 10 --check --label device >> "$OUT/ours.jsonl"
+    for g in "" --no-graph; do
+      "$B" --model "$C/shared/models/$m.onnx" --shape 1x3x640x640 --device cuda --dtype $dt $g --iters 100 --warmup 10 --check --label device >> "$OUT/ours.jsonl"
+    done
   done
   "$B" --model "$C/shared/models/$m.onnx" --shape 1x3x640x640 --iters 10 --label device >> "$OUT/ours.jsonl"
 done
@@ -25,8 +27,10 @@ timeout 300 python3 benchmarks/onnx/peer_onnx.py bench --models-dir "$C/shared/m
 tail -5 "$OUT/peer.log"
 if [ -f /tmp/iresnet100.onnx ]; then
   for dt in f32 f16; do
-    "$B" --model /tmp/iresnet100.onnx --shape 1x3x112x112 --device cuda --dtype $dt --iters 100 --warmup 10 --check --label device >> "$OUT/ours.jsonl"
+    for g in "" --no-graph; do
+      "$B" --model /tmp/iresnet100.onnx --shape 1x3x112x112 --device cuda --dtype $dt $g --iters 100 --warmup 10 --check --label device >> "$OUT/ours.jsonl"
+    done
   done
   "$B" --model /tmp/iresnet100.onnx --shape 1x3x112x112 --iters 5 --label device >> "$OUT/ours.jsonl"
-  tail -3 "$OUT/ours.jsonl"
+  tail -5 "$OUT/ours.jsonl"
 fi

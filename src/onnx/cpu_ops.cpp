@@ -142,7 +142,8 @@ Tensor binary(const Node& node, const Tensor& a, const Tensor& b) {
 
 void depthwise(const Conv2dGeometry& g, const float* x, const float* w, const float* bias,
                float* y) {
-  // x [N, C, H, W]; w [C, 1, KH, KW]; y [N, C, OH, OW]
+  // x [N, C, H, W]; w [C, 1, KH, KW]; y [N, C, OH, OW]. Tap by tap over an output row: the
+  // columns whose input stays inside the row are a plain multiply-add over a (strided) run.
   parallel_for(g.n * g.c, 4, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t nc = b; nc < e; ++nc) {
       const std::int64_t c = nc % g.c;
@@ -151,18 +152,25 @@ void depthwise(const Conv2dGeometry& g, const float* x, const float* w, const fl
       float* yp = y + nc * g.oh * g.ow;
       const float bv = bias ? bias[c] : 0.0f;
       for (std::int64_t oy = 0; oy < g.oh; ++oy) {
-        for (std::int64_t ox = 0; ox < g.ow; ++ox) {
-          float acc = 0.0f;
-          for (std::int64_t ky = 0; ky < g.kh; ++ky) {
-            const std::int64_t iy = oy * g.sh - g.pad_top + ky * g.dh;
-            if (iy < 0 || iy >= g.h) continue;
-            for (std::int64_t kx = 0; kx < g.kw; ++kx) {
-              const std::int64_t ix = ox * g.sw - g.pad_left + kx * g.dw;
-              if (ix < 0 || ix >= g.w) continue;
-              acc += xp[iy * g.w + ix] * wp[ky * g.kw + kx];
+        float* yrow = yp + oy * g.ow;
+        std::fill(yrow, yrow + g.ow, bv);
+        for (std::int64_t ky = 0; ky < g.kh; ++ky) {
+          const std::int64_t iy = oy * g.sh - g.pad_top + ky * g.dh;
+          if (iy < 0 || iy >= g.h) continue;
+          const float* xrow = xp + iy * g.w;
+          for (std::int64_t kx = 0; kx < g.kw; ++kx) {
+            const float wv = wp[ky * g.kw + kx];
+            const std::int64_t off = kx * g.dw - g.pad_left;  // ix = ox * sw + off
+            const std::int64_t lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+            const std::int64_t hi =
+                g.w - 1 - off < 0 ? 0 : std::min(g.ow, (g.w - 1 - off) / g.sw + 1);
+            if (g.sw == 1) {
+              const float* src = xrow + off;
+              for (std::int64_t ox = lo; ox < hi; ++ox) yrow[ox] += wv * src[ox];
+            } else {
+              for (std::int64_t ox = lo; ox < hi; ++ox) yrow[ox] += wv * xrow[ox * g.sw + off];
             }
           }
-          yp[oy * g.ow + ox] = acc + bv;
         }
       }
     }
@@ -420,12 +428,6 @@ Tensor transpose(const Node& node, const Tensor& x) {
   return y;
 }
 
-Tensor with_shape(const Tensor& x, Shape shape) {
-  Tensor y = x;
-  y.shape = std::move(shape);
-  return y;
-}
-
 Tensor gather(const Node& node, const Tensor& data, const Tensor& indices) {
   INSTANTID_CHECK(indices.type == ElemType::kInt64, node.where(), ": indices must be integer");
   INSTANTID_CHECK(data.rank() >= 1, node.where(), ": data must have rank >= 1");
@@ -661,7 +663,8 @@ Tensor constant(const Node& node) {
   return Tensor::ints({static_cast<std::int64_t>(attr.ints.size())}, attr.ints);
 }
 
-Tensor clip(const Node& node, std::int64_t opset, const std::vector<const Tensor*>& in) {
+Tensor clip(const Node& node, std::int64_t opset, const std::vector<const Tensor*>& in,
+            Tensor* reusable) {
   const Tensor& x = need_float(node, in, 0, "input");
   float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
   if (opset < 11) {
@@ -679,7 +682,7 @@ Tensor clip(const Node& node, std::int64_t opset, const std::vector<const Tensor
       hi = t->f[0];
     }
   }
-  Tensor y = x;
+  Tensor y = reusable != nullptr ? std::move(*reusable) : x;
   float* p = y.f.data();
   parallel_for(y.numel(), kElementwiseChunk, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t i = b; i < e; ++i) p[i] = std::min(std::max(p[i], lo), hi);
@@ -699,9 +702,14 @@ std::vector<std::int64_t> as_int_list(const Node& node, const Tensor& t, const c
 }
 
 std::vector<Tensor> run_cpu_node(const Node& node, std::int64_t opset,
-                                 const std::vector<const Tensor*>& in) {
+                                 const std::vector<const Tensor*>& in, Tensor* reusable) {
   std::vector<Tensor> out(node.outputs.size());
   Tensor& y = out[0];
+  // in[0] itself when it may be consumed, else a copy.
+  auto take_input = [&](const Tensor& x) -> Tensor {
+    if (reusable != nullptr) return std::move(*reusable);
+    return x;
+  };
   switch (node.op) {
     case Op::kConv:
       y = conv(node, need_float(node, in, 0, "X"), need_float(node, in, 1, "W"), optional(in, 2));
@@ -716,7 +724,7 @@ std::vector<Tensor> run_cpu_node(const Node& node, std::int64_t opset,
       break;
     }
     case Op::kRelu: {
-      y = need_float(node, in, 0, "X");
+      y = take_input(need_float(node, in, 0, "X"));
       float* p = y.f.data();
       parallel_for(y.numel(), kElementwiseChunk, [&](std::int64_t lo, std::int64_t hi) {
         for (std::int64_t i = lo; i < hi; ++i) p[i] = std::max(p[i], 0.0f);
@@ -724,10 +732,10 @@ std::vector<Tensor> run_cpu_node(const Node& node, std::int64_t opset,
       break;
     }
     case Op::kSigmoid:
-      y = need_float(node, in, 0, "X");
+      y = take_input(need_float(node, in, 0, "X"));
       for (auto& v : y.f) v = 1.0f / (1.0f + std::exp(-v));
       break;
-    case Op::kClip: y = clip(node, opset, in); break;
+    case Op::kClip: y = clip(node, opset, in, reusable); break;
     case Op::kAdd:
     case Op::kSub:
     case Op::kMul:
@@ -753,7 +761,9 @@ std::vector<Tensor> run_cpu_node(const Node& node, std::int64_t opset,
       const Tensor& x = need(node, in, 0, "data");
       const auto axes = node.has("axes") ? node.attr_ints("axes")
                                          : as_int_list(node, need(node, in, 1, "axes"), "axes");
-      y = with_shape(x, unsqueeze_shape(node, x.shape, axes));
+      Shape s = unsqueeze_shape(node, x.shape, axes);
+      y = take_input(x);
+      y.shape = std::move(s);
       break;
     }
     case Op::kSqueeze: {
@@ -763,27 +773,33 @@ std::vector<Tensor> run_cpu_node(const Node& node, std::int64_t opset,
       const auto axes = node.has("axes") ? node.attr_ints("axes")
                         : axes_in        ? as_int_list(node, *axes_in, "axes")
                                          : std::vector<std::int64_t>{};
-      y = with_shape(x, squeeze_shape(node, x.shape, axes, given));
+      Shape s = squeeze_shape(node, x.shape, axes, given);
+      y = take_input(x);
+      y.shape = std::move(s);
       break;
     }
     case Op::kSlice: y = slice(node, opset, in); break;
     case Op::kConcat: y = concat(node, in); break;
     case Op::kReshape: {
       const Tensor& x = need(node, in, 0, "data");
-      y = with_shape(x, reshape_shape(node, x.shape, need(node, in, 1, "shape")));
+      Shape s = reshape_shape(node, x.shape, need(node, in, 1, "shape"));
+      y = take_input(x);
+      y.shape = std::move(s);
       break;
     }
     case Op::kTranspose: y = transpose(node, need(node, in, 0, "data")); break;
     case Op::kFlatten: {
       const Tensor& x = need(node, in, 0, "input");
-      y = with_shape(x, flatten_shape(node, x.shape));
+      Shape s = flatten_shape(node, x.shape);
+      y = take_input(x);
+      y.shape = std::move(s);
       break;
     }
     case Op::kGemm: y = gemm(node, in); break;
     case Op::kMatMul: y = matmul(node, need(node, in, 0, "A"), need(node, in, 1, "B")); break;
     case Op::kConstant: y = constant(node); break;
     case Op::kIdentity:
-    case Op::kDropout: y = need(node, in, 0, "input"); break;
+    case Op::kDropout: y = take_input(need(node, in, 0, "input")); break;
   }
   return out;
 }

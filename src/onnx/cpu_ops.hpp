@@ -9,9 +9,10 @@
 namespace instantid::onnx {
 
 // Runs one node; in[k] is null for an omitted optional input. Returns the node's outputs (one per
-// entry of node.outputs; omitted ones are empty tensors).
+// entry of node.outputs; omitted ones are empty tensors). `reusable`, when given, is in[0]'s
+// storage, dead after this node: elementwise and reshaping ops work in it instead of copying.
 std::vector<Tensor> run_cpu_node(const Node& node, std::int64_t opset,
-                                 const std::vector<const Tensor*>& in);
+                                 const std::vector<const Tensor*>& in, Tensor* reusable = nullptr);
 
 // Reads a host int64/float tensor as a list of integers (for shape-like inputs).
 std::vector<std::int64_t> as_int_list(const Node& node, const Tensor& t, const char* what);

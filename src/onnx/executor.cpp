@@ -1,5 +1,6 @@
 #include "instantid/onnx/executor.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -67,9 +68,18 @@ std::vector<HostTensor> run_cpu(const Graph& g, const std::vector<HostTensor>& i
     const Node& node = g.nodes[n];
     in.clear();
     for (int id : node.inputs) in.push_back(get(id));
+    // The first input's storage may be reused when this node is its last reader.
+    Tensor* reusable = nullptr;
+    if (!node.inputs.empty() && node.inputs[0] >= 0) {
+      const int id0 = node.inputs[0];
+      const bool dead = g.last_use[static_cast<std::size_t>(id0)] == static_cast<int>(n) &&
+                        !g.initializers.count(id0) &&
+                        std::count(node.inputs.begin(), node.inputs.end(), id0) == 1;
+      if (dead) reusable = &values[static_cast<std::size_t>(id0)];
+    }
     std::vector<Tensor> out;
     try {
-      out = run_cpu_node(node, g.opset, in);
+      out = run_cpu_node(node, g.opset, in, reusable);
     } catch (const Error& e) {
       throw Error(make_message(g.path, ": ", e.what()));
     }

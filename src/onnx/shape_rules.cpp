@@ -192,7 +192,8 @@ Shape reshape_shape(const Node& node, const Shape& x, const Tensor& shape) {
       continue;
     }
     INSTANTID_CHECK(out[i] >= 0, node.where(), ": invalid target shape ", shape_string(shape.i));
-    known *= out[i];
+    INSTANTID_CHECK(!__builtin_mul_overflow(known, out[i], &known), node.where(),
+                    ": target shape ", shape_string(shape.i), " has more elements than int64 holds");
   }
   if (infer >= 0) {
     INSTANTID_CHECK(known > 0 && total % known == 0, node.where(), ": cannot reshape ",
