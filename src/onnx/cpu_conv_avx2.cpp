@@ -16,16 +16,28 @@ namespace {
 constexpr std::int64_t kRows = 6;   // output channels per micro-tile
 constexpr std::int64_t kCols = 16;  // output pixels per micro-tile (two 8-float registers)
 
-// c [rows, cols] (ldc) = a [K][6] * b [K][16] + bias; rows <= 6, cols <= 16.
+constexpr std::int64_t kDepth = 256;  // K block: a [256][16] panel slice (16 KiB) stays in L1
+
+// c [rows, cols] (ldc) (+)= a [K][6] * b [K][16]; rows <= 6, cols <= 16. The first K block starts
+// from the bias (or 0), later blocks from c.
 __attribute__((target("avx2,fma"))) void micro_kernel(std::int64_t k_dim, const float* a,
                                                       const float* b, float* c, std::int64_t ldc,
                                                       std::int64_t rows, std::int64_t cols,
-                                                      const float* bias) {
+                                                      const float* bias, bool accumulate) {
   __m256 acc[kRows][2];
-  for (int r = 0; r < kRows; ++r) {
-    const float bv = (bias != nullptr && r < rows) ? bias[r] : 0.0f;
-    acc[r][0] = _mm256_set1_ps(bv);
-    acc[r][1] = _mm256_set1_ps(bv);
+  if (accumulate) {
+    alignas(32) float tmp[kCols] = {};
+    for (std::int64_t r = 0; r < kRows; ++r) {
+      if (r < rows) std::memcpy(tmp, c + r * ldc, static_cast<std::size_t>(cols) * sizeof(float));
+      acc[r][0] = _mm256_load_ps(tmp);
+      acc[r][1] = _mm256_load_ps(tmp + 8);
+    }
+  } else {
+    for (int r = 0; r < kRows; ++r) {
+      const float bv = (bias != nullptr && r < rows) ? bias[r] : 0.0f;
+      acc[r][0] = _mm256_set1_ps(bv);
+      acc[r][1] = _mm256_set1_ps(bv);
+    }
   }
   for (std::int64_t k = 0; k < k_dim; ++k) {
     const __m256 b0 = _mm256_load_ps(b + k * kCols);
@@ -134,10 +146,14 @@ void conv2d_group_avx2(const Conv2dGeometry& g, std::int64_t cg, std::int64_t mg
           }
         }
       }
-      for (std::int64_t t = t_begin; t < t_end; ++t) {
-        const std::int64_t m0 = t * kRows;
-        micro_kernel(k_dim, ap.data() + t * k_dim * kRows, bp, y + m0 * n_cols + j0, n_cols,
-                     std::min(kRows, mg - m0), cols, bias != nullptr ? bias + m0 : nullptr);
+      for (std::int64_t k0 = 0; k0 < k_dim; k0 += kDepth) {
+        const std::int64_t depth = std::min(kDepth, k_dim - k0);
+        for (std::int64_t t = t_begin; t < t_end; ++t) {
+          const std::int64_t m0 = t * kRows;
+          micro_kernel(depth, ap.data() + (t * k_dim + k0) * kRows, bp + k0 * kCols,
+                       y + m0 * n_cols + j0, n_cols, std::min(kRows, mg - m0), cols,
+                       bias != nullptr ? bias + m0 : nullptr, k0 > 0);
+        }
       }
     }
   });

@@ -15,8 +15,7 @@ std::int64_t normalize_axis(const Node& node, std::int64_t axis, int rank, const
 
 namespace {
 
-void spatial_attrs(const Node& node, std::int64_t kh, std::int64_t kw, std::int64_t h,
-                   std::int64_t w, std::int64_t* sh, std::int64_t* sw, std::int64_t* dh,
+void spatial_attrs(const Node& node, std::int64_t* sh, std::int64_t* sw, std::int64_t* dh,
                    std::int64_t* dw, std::int64_t pads[4]) {
   const auto strides = node.attr_ints("strides", {1, 1});
   const auto dil = node.attr_ints("dilations", {1, 1});
@@ -26,14 +25,7 @@ void spatial_attrs(const Node& node, std::int64_t kh, std::int64_t kw, std::int6
   *sw = strides[1];
   *dh = dil[0];
   *dw = dil[1];
-  pads[0] = p[0];
-  pads[1] = p[1];
-  pads[2] = p[2];
-  pads[3] = p[3];
-  (void)kh;
-  (void)kw;
-  (void)h;
-  (void)w;
+  for (std::size_t i = 0; i < 4; ++i) pads[i] = p[i];
 }
 
 }  // namespace
@@ -63,7 +55,7 @@ Conv2dGeometry conv_geometry(const Node& node, const Shape& x, const Shape& w) {
                     shape_string(k), " does not match the weight shape ", shape_string(w));
   }
   std::int64_t pads[4];
-  spatial_attrs(node, g.kh, g.kw, g.h, g.w, &g.sh, &g.sw, &g.dh, &g.dw, pads);
+  spatial_attrs(node, &g.sh, &g.sw, &g.dh, &g.dw, pads);
   g.pad_top = pads[0];
   g.pad_left = pads[1];
   g.pad_bottom = pads[2];
@@ -91,7 +83,7 @@ Pool2dGeometry pool_geometry(const Node& node, const Shape& x) {
   g.kh = k[0];
   g.kw = k[1];
   std::int64_t pads[4];
-  spatial_attrs(node, g.kh, g.kw, g.h, g.w, &g.sh, &g.sw, &g.dh, &g.dw, pads);
+  spatial_attrs(node, &g.sh, &g.sw, &g.dh, &g.dw, pads);
   g.pad_top = pads[0];
   g.pad_left = pads[1];
   g.pad_bottom = pads[2];
