@@ -482,3 +482,64 @@ TEST_CASE("A build without CUDA refuses the cuda device", "[onnx][errors]") {
   REQUIRE_THROWS_WITH(b.build(o), Contains("no CUDA backend"));
 }
 #endif
+
+TEST_CASE("int64 shape arithmetic, negative Gather indices, negative Slice steps", "[onnx]") {
+  // h = ((w / 2) * 3 - w / 2) / 2 + 0 with w = Shape(x)[-1]; y = Reshape(Slice(x, step -1), [-1, h])
+  GraphBuilder b(13);
+  b.input("x", {2, -1}).output("y").output("rev");
+  b.init_ints("last", {}, {-1}).init_ints("two", {}, {2}).init_ints("three", {}, {3});
+  b.init_ints("zero", {}, {0});
+  b.init_ints("minus1", {1}, {-1}).init_ints("ax0", {1}, {0});
+  b.init_ints("st", {1}, {-1}).init_ints("en", {1}, {-1000}).init_ints("ax1", {1}, {1});
+  b.init_ints("stp", {1}, {-1});
+  b.node("Shape", {"x"}, {"s"});
+  b.node("Gather", {"s", "last"}, {"w"});
+  b.node("Div", {"w", "two"}, {"h"});
+  b.node("Mul", {"h", "three"}, {"h3"});
+  b.node("Sub", {"h3", "h"}, {"h1"});     // 2h
+  b.node("Div", {"h1", "two"}, {"hh"});   // h
+  b.node("Add", {"hh", "zero"}, {"h2"});
+  b.node("Unsqueeze", {"h2", "ax0"}, {"h2v"});
+  GraphBuilder::attr(b.node("Concat", {"minus1", "h2v"}, {"target"}), "axis", std::int64_t{0});
+  b.node("Slice", {"x", "st", "en", "ax1", "stp"}, {"rev"});
+  b.node("Reshape", {"rev", "target"}, {"y"});
+  Executor e = b.build();
+  // x [2, 4]: w = 4, h = 2, target = [-1, 2]
+  auto out = e.run({HostTensor({2, 4}, {0, 1, 2, 3, 4, 5, 6, 7})});
+  CHECK(out[1].values() == std::vector<float>{3, 2, 1, 0, 7, 6, 5, 4});
+  REQUIRE(out[0].shape() == std::vector<std::int64_t>{4, 2});
+  CHECK(out[0].values() == out[1].values());
+  // Integer division by zero is an Error naming the node.
+  GraphBuilder z(13);
+  z.input("x", {-1}).output("y").init_ints("zero", {}, {0});
+  z.node("Shape", {"x"}, {"s"});
+  z.node("Div", {"s", "zero"}, {"q"}, "div0");
+  z.node("Reshape", {"x", "q"}, {"y"});
+  Executor ez = z.build();
+  REQUIRE_THROWS_WITH(ez.run({HostTensor({3})}), Contains("'div0' (Div)") && Contains("division by zero"));
+}
+
+TEST_CASE("MatMul broadcasts batch dims; Squeeze without axes", "[onnx]") {
+  GraphBuilder b(11);
+  b.input("a", {2, 1, 2, 3}).input("m", {4, 3, 2}).output("y").output("sq");
+  b.node("MatMul", {"a", "m"}, {"y"});
+  b.node("Squeeze", {"a"}, {"sq"});
+  Executor e = b.build();
+  std::vector<float> a(12), m(24);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i % 5) - 2.0f;
+  for (std::size_t i = 0; i < m.size(); ++i) m[i] = static_cast<float>(i % 7) - 3.0f;
+  auto out = e.run({HostTensor({2, 1, 2, 3}, a), HostTensor({4, 3, 2}, m)});
+  REQUIRE(out[0].shape() == std::vector<std::int64_t>{2, 4, 2, 2});
+  for (int bi = 0; bi < 2; ++bi)
+    for (int q = 0; q < 4; ++q)
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) {
+          float acc = 0.0f;
+          for (int k = 0; k < 3; ++k) {
+            acc += a[static_cast<std::size_t>((bi * 2 + i) * 3 + k)] *
+                   m[static_cast<std::size_t>((q * 3 + k) * 2 + j)];
+          }
+          CHECK(out[0].values()[static_cast<std::size_t>(((bi * 4 + q) * 2 + i) * 2 + j)] == acc);
+        }
+  CHECK(out[1].shape() == std::vector<std::int64_t>{2, 2, 3});
+}
