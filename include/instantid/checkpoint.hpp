@@ -29,6 +29,7 @@ struct ReaderLimits {
   int max_pickle_depth = 32;                      // nesting of containers in the pickle
   std::uint64_t max_pickle_stack = 1u << 20;      // pickle VM stack entries
   std::uint64_t max_pickle_memo = 1u << 20;       // pickle memo entries
+  std::uint64_t max_pickle_objects = 1u << 22;    // objects built + references held by containers
   std::uint64_t max_string_bytes = 1u << 16;      // one pickle string, a name or a zip entry name
 };
 

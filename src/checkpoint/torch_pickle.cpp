@@ -256,8 +256,18 @@ class Machine {
     return p;
   }
   std::size_t make(Object o) {
+    count_refs(1);
     objects_.push_back(std::move(o));
     return objects_.size() - 1;
+  }
+  // Objects created plus references stored in containers: bounds the memory a pickle within
+  // max_pickle_bytes can make us hold (e.g. "}" followed by millions of "NNs").
+  void count_refs(std::size_t n) {
+    refs_ += n;
+    if (refs_ > limits_.max_pickle_objects) {
+      fail(make_message("more objects and references than the limit max_pickle_objects = ",
+                        limits_.max_pickle_objects));
+    }
   }
   void push(std::size_t index) {
     if (stack_.size() >= limits_.max_pickle_stack) {
@@ -326,6 +336,7 @@ class Machine {
   void push_tuple(std::vector<std::size_t> items) {
     Object o;
     o.kind = Kind::kTuple;
+    count_refs(items.size());
     o.items = std::move(items);
     push(make(std::move(o)));
   }
@@ -357,6 +368,7 @@ class Machine {
       fail(make_message(opcode_name(op_), " on a ", kind_name(d.kind), ", expected a dict"));
     }
     if (kv.size() % 2 != 0) fail("SETITEMS with an odd number of items");
+    count_refs(kv.size());
     d.items.insert(d.items.end(), kv.begin(), kv.end());
   }
   void global();
@@ -374,6 +386,7 @@ class Machine {
   std::vector<std::size_t> stack_;
   std::vector<std::size_t> marks_;
   std::unordered_map<std::uint64_t, std::size_t> memo_;
+  std::uint64_t refs_ = 0;
 };
 
 void Machine::global() {
@@ -647,6 +660,7 @@ std::size_t Machine::run() {
         if (list.kind != Kind::kList) {
           fail(make_message(opcode_name(op_), " on a ", kind_name(list.kind), ", expected a list"));
         }
+        count_refs(items.size());
         list.items.insert(list.items.end(), items.begin(), items.end());
         break;
       }

@@ -537,6 +537,15 @@ TEST_CASE("Pickle: absurd sizes and nesting are refused before allocation",
     CHECK_THAT(zip_error(m.done(), {}, limits),
                Contains("memo larger than the limit max_pickle_memo = 2"));
   }
+  SECTION("many objects within the byte limit") {
+    ReaderLimits limits;
+    limits.max_pickle_objects = 1000;
+    PickleWriter w;
+    w.op('N').op('q').op(0).op('}');
+    for (int i = 0; i < 600; ++i) w.op('h').op(0).op('h').op(0).op('s');  // refs only
+    CHECK_THAT(zip_error(w.done(), {}, limits),
+               Contains("more objects and references than the limit max_pickle_objects = 1000"));
+  }
   SECTION("huge strings") {
     PickleWriter w;
     w.op('X');
