@@ -196,3 +196,14 @@ TEST_CASE("Real state_dict()s: _metadata BUILD, Parameters, 0-d and empty tensor
   CHECK(file.find("extra.inner.scalar")->to_float().values() == std::vector<float>{2.5f});
   CHECK(file.find("extra.inner.empty")->numel() == 0);
 }
+
+TEST_CASE("A real 191-tensor torch.save pickle fits well inside the default limits",
+          "[checkpoint]") {
+  ReaderLimits tight;
+  tight.max_pickle_objects = 10000;
+  tight.max_pickle_memo = 2000;
+  tight.max_pickle_stack = 2100;  // torch batches SETITEMS by 1000 pairs
+  tight.max_pickle_depth = 4;
+  const CheckpointFile file = CheckpointFile::open(data_path("checkpoint/reduced_f16.bin"), tight);
+  CHECK(file.tensors().size() == 191);
+}
