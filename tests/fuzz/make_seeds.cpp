@@ -74,6 +74,22 @@ void torch_zip_seeds() {
   write_seed("torch_zip", "one_group.bin", fmt::torch_zip({{"image_proj", {latents}}}, "model"));
 }
 
+// ---- command-line inputs ------------------------------------------------------------------------
+
+void cli_seeds() {
+  // stable-diffusion.cpp id_embeds.bin: n_dims, name length, ggml type, ne[4], name, data.
+  std::string bin;
+  for (std::uint64_t v : {4u, 9u, 0u, 8u, 2u, 1u, 1u}) fmt::put_le(bin, v, 4);
+  bin += "id_embeds";
+  bin += fmt::float_bytes(ramp(16));
+  write_seed("cli_inputs", "id_embeds.bin", bin);
+  write_seed("cli_inputs", "embeds.safetensors",
+             fmt::safetensors({{"embeds", "F32", {2, 1, 8}, fmt::float_bytes(ramp(16))}}));
+  write_seed("cli_inputs", "embeds_torch.bin",
+             fmt::torch_zip({{"tokens", {fmt::TorchTensor("cond", "FloatStorage", {1, 2, 4},
+                                                          fmt::float_bytes(ramp(8)))}}}));
+}
+
 // ---- ONNX --------------------------------------------------------------------------------------
 
 struct Model {
@@ -334,6 +350,7 @@ int main(int argc, char** argv) {
   g_root = argv[1];
   safetensors_seeds();
   torch_zip_seeds();
+  cli_seeds();
   onnx_seeds();
   image_seeds();
   return 0;

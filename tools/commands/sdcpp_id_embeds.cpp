@@ -86,16 +86,16 @@ HostTensor read_sdcpp_id_embeds_bytes(const std::string& bytes, const std::strin
   INSTANTID_CHECK(bytes.size() >= offset + 4 * static_cast<std::size_t>(n_dims), source,
                   ": dimensions: got a truncated file, expected ", n_dims, " int32 values");
   std::int64_t ne[4] = {1, 1, 1, 1};
-  std::int64_t count = 1;
   for (int i = 0; i < n_dims; ++i) {
     ne[i] = get_int32(bytes, offset);
     offset += 4;
     INSTANTID_CHECK(ne[i] >= 1 && ne[i] <= (1 << 24), source, ": ne[", i, "]: got ", ne[i],
                     ", expected 1..16777216");
-    count *= ne[i];
   }
   INSTANTID_CHECK(ne[2] == 1 && ne[3] == 1, source, ": ne[2], ne[3]: got ", ne[2], ", ", ne[3],
                   ", expected 1, 1 (a matrix of embeddings)");
+  // Multiplied only now: four dims of 2^24 would overflow int64 (fuzz_cli_inputs found it).
+  const std::int64_t count = ne[0] * ne[1];
   offset += static_cast<std::size_t>(name_length);
   const std::size_t expected = offset + static_cast<std::size_t>(count) * sizeof(float);
   INSTANTID_CHECK(bytes.size() == expected, source, ": file size: got ", bytes.size(),
