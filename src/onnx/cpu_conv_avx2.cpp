@@ -23,7 +23,8 @@ constexpr std::int64_t kDepth = 256;  // K block: a [256][16] panel slice (16 Ki
 __attribute__((target("avx2,fma"))) void micro_kernel(std::int64_t k_dim, const float* a,
                                                       const float* b, float* c, std::int64_t ldc,
                                                       std::int64_t rows, std::int64_t cols,
-                                                      const float* bias, bool accumulate) {
+                                                      const float* bias, bool accumulate,
+                                                      bool last, float lo, float hi) {
   __m256 acc[kRows][2];
   if (accumulate) {
     alignas(32) float tmp[kCols] = {};
@@ -47,6 +48,13 @@ __attribute__((target("avx2,fma"))) void micro_kernel(std::int64_t k_dim, const 
       const __m256 av = _mm256_broadcast_ss(ak + r);
       acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+  if (last) {  // fused activation (Relu / Clip) on the final K block
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    for (int r = 0; r < kRows; ++r) {
+      acc[r][0] = _mm256_min_ps(_mm256_max_ps(acc[r][0], vlo), vhi);
+      acc[r][1] = _mm256_min_ps(_mm256_max_ps(acc[r][1], vlo), vhi);
     }
   }
   if (cols == kCols) {
@@ -74,7 +82,7 @@ bool cpu_has_avx2_fma() {
 }
 
 void conv2d_group_avx2(const Conv2dGeometry& g, std::int64_t cg, std::int64_t mg, const float* x,
-                       const float* w, const float* bias, float* y) {
+                       const float* w, const float* bias, float* y, float lo, float hi) {
   const std::int64_t k_dim = cg * g.kh * g.kw;
   const std::int64_t n_cols = g.oh * g.ow;
   const std::int64_t row_tiles = (mg + kRows - 1) / kRows;
@@ -152,7 +160,8 @@ void conv2d_group_avx2(const Conv2dGeometry& g, std::int64_t cg, std::int64_t mg
           const std::int64_t m0 = t * kRows;
           micro_kernel(depth, ap.data() + (t * k_dim + k0) * kRows, bp + k0 * kCols,
                        y + m0 * n_cols + j0, n_cols, std::min(kRows, mg - m0), cols,
-                       bias != nullptr ? bias + m0 : nullptr, k0 > 0);
+                       bias != nullptr ? bias + m0 : nullptr, k0 > 0, k0 + depth == k_dim, lo,
+                       hi);
         }
       }
     }

@@ -12,9 +12,10 @@ namespace instantid::onnx {
 // True when the CPU supports AVX2 and FMA and INSTANTID_ONNX_NO_AVX2 is not set to 1.
 bool cpu_has_avx2_fma();
 
-// One group of one image: y [mg, OH*OW] = w [mg, cg*KH*KW] * im2col(x [cg, H, W]) + bias [mg].
-// bias may be null. Splits the output columns over the cores. Requires cpu_has_avx2_fma().
+// One group of one image: y [mg, OH*OW] = clamp(w [mg, cg*KH*KW] * im2col(x [cg, H, W]) +
+// bias [mg], lo, hi). bias may be null; lo/hi = -inf/inf for no activation. Splits the work over
+// the cores. Requires cpu_has_avx2_fma().
 void conv2d_group_avx2(const Conv2dGeometry& g, std::int64_t cg, std::int64_t mg, const float* x,
-                       const float* w, const float* bias, float* y);
+                       const float* w, const float* bias, float* y, float lo, float hi);
 
 }  // namespace instantid::onnx

@@ -177,7 +177,18 @@ void depthwise(const Conv2dGeometry& g, const float* x, const float* w, const fl
   });
 }
 
-Tensor conv(const Node& node, const Tensor& x, const Tensor& w, const Tensor* b) {
+Tensor conv(const Node& node, const Tensor& x, const Tensor& w, const Tensor* b,
+            float lo = -std::numeric_limits<float>::infinity(),
+            float hi = std::numeric_limits<float>::infinity()) {
+  const bool clamp = lo > -std::numeric_limits<float>::infinity() ||
+                     hi < std::numeric_limits<float>::infinity();
+  auto clamp_all = [&](Tensor& t) {
+    if (!clamp) return;
+    float* p = t.f.data();
+    parallel_for(t.numel(), kElementwiseChunk, [&](std::int64_t i0, std::int64_t i1) {
+      for (std::int64_t i = i0; i < i1; ++i) p[i] = std::min(std::max(p[i], lo), hi);
+    });
+  };
   const Conv2dGeometry g = conv_geometry(node, x.shape, w.shape);
   if (b != nullptr) {
     INSTANTID_CHECK(b->type == ElemType::kFloat && b->numel() == g.m, node.where(),
@@ -188,6 +199,7 @@ Tensor conv(const Node& node, const Tensor& x, const Tensor& w, const Tensor* b)
   const std::int64_t cg = g.c / g.group, mg = g.m / g.group;
   if (cg == 1 && mg == 1) {
     depthwise(g, x.f.data(), w.f.data(), bias, y.f.data());
+    clamp_all(y);
     return y;
   }
   const std::int64_t hw_out = g.oh * g.ow;
@@ -197,7 +209,7 @@ Tensor conv(const Node& node, const Tensor& x, const Tensor& w, const Tensor* b)
       for (std::int64_t grp = 0; grp < g.group; ++grp) {
         conv2d_group_avx2(g, cg, mg, x.f.data() + (n * g.c + grp * cg) * g.h * g.w,
                           w.f.data() + grp * mg * kdim, bias ? bias + grp * mg : nullptr,
-                          y.f.data() + (n * g.m + grp * mg) * hw_out);
+                          y.f.data() + (n * g.m + grp * mg) * hw_out, lo, hi);
       }
     }
     return y;
@@ -251,6 +263,7 @@ Tensor conv(const Node& node, const Tensor& x, const Tensor& w, const Tensor* b)
       });
     }
   }
+  clamp_all(y);
   return y;
 }
 
@@ -691,6 +704,35 @@ Tensor clip(const Node& node, std::int64_t opset, const std::vector<const Tensor
 }
 
 }  // namespace
+
+bool activation_bounds(const Node& act, std::int64_t opset, const std::vector<const Tensor*>& in,
+                       float* lo, float* hi) {
+  *lo = -std::numeric_limits<float>::infinity();
+  *hi = std::numeric_limits<float>::infinity();
+  if (act.op == Op::kRelu) {
+    *lo = 0.0f;
+    return true;
+  }
+  if (act.op != Op::kClip) return false;
+  if (opset < 11) {
+    *lo = act.attr_float("min", *lo);
+    *hi = act.attr_float("max", *hi);
+    return true;
+  }
+  for (std::size_t k = 1; k < 3; ++k) {
+    const Tensor* t = optional(in, k);
+    if (t == nullptr) continue;
+    if (t->type != ElemType::kFloat || t->numel() != 1) return false;
+    (k == 1 ? *lo : *hi) = t->f[0];
+  }
+  return true;
+}
+
+Tensor run_cpu_conv_clamped(const Node& conv_node, const std::vector<const Tensor*>& in, float lo,
+                            float hi) {
+  return conv(conv_node, need_float(conv_node, in, 0, "X"), need_float(conv_node, in, 1, "W"),
+              optional(in, 2), lo, hi);
+}
 
 std::vector<std::int64_t> as_int_list(const Node& node, const Tensor& t, const char* what) {
   INSTANTID_CHECK(t.rank() <= 1, node.where(), ": ", what, " must be a 1-D tensor, got shape ",

@@ -63,11 +63,42 @@ std::vector<HostTensor> run_cpu(const Graph& g, const std::vector<HostTensor>& i
     if (it != g.initializers.end()) return &it->second;
     return &values[static_cast<std::size_t>(id)];
   };
-  std::vector<const Tensor*> in;
+  // Frees intermediates after their last reader.
+  auto free_dead = [&](const Node& node, std::size_t n) {
+    for (int id : node.inputs) {
+      if (id >= 0 && g.last_use[static_cast<std::size_t>(id)] == static_cast<int>(n) &&
+          !g.initializers.count(id)) {
+        values[static_cast<std::size_t>(id)] = Tensor();
+      }
+    }
+  };
+  std::vector<const Tensor*> in, act_in;
   for (std::size_t n = 0; n < g.nodes.size(); ++n) {
     const Node& node = g.nodes[n];
     in.clear();
     for (int id : node.inputs) in.push_back(get(id));
+    // A Conv whose only reader is the next node, a Relu or Clip: one pass writes the activation.
+    if (node.op == Op::kConv && n + 1 < g.nodes.size()) {
+      const Node& act = g.nodes[n + 1];
+      const int y_id = node.outputs[0];
+      float lo = 0.0f, hi = 0.0f;
+      act_in.clear();
+      for (int id : act.inputs) act_in.push_back(get(id));
+      if ((act.op == Op::kRelu || act.op == Op::kClip) && act.inputs[0] == y_id &&
+          g.last_use[static_cast<std::size_t>(y_id)] == static_cast<int>(n + 1) &&
+          std::count(act.inputs.begin(), act.inputs.end(), y_id) == 1 &&
+          activation_bounds(act, g.opset, act_in, &lo, &hi)) {
+        try {
+          values[static_cast<std::size_t>(act.outputs[0])] = run_cpu_conv_clamped(node, in, lo, hi);
+        } catch (const Error& e) {
+          throw Error(make_message(g.path, ": ", e.what()));
+        }
+        free_dead(node, n);
+        free_dead(act, n + 1);
+        ++n;
+        continue;
+      }
+    }
     // The first input's storage may be reused when this node is its last reader.
     Tensor* reusable = nullptr;
     if (!node.inputs.empty() && node.inputs[0] >= 0) {
@@ -86,13 +117,7 @@ std::vector<HostTensor> run_cpu(const Graph& g, const std::vector<HostTensor>& i
     for (std::size_t k = 0; k < node.outputs.size(); ++k) {
       if (node.outputs[k] >= 0) values[static_cast<std::size_t>(node.outputs[k])] = std::move(out[k]);
     }
-    // Free intermediates after their last reader.
-    for (int id : node.inputs) {
-      if (id >= 0 && g.last_use[static_cast<std::size_t>(id)] == static_cast<int>(n) &&
-          !g.initializers.count(id)) {
-        values[static_cast<std::size_t>(id)] = Tensor();
-      }
-    }
+    free_dead(node, n);
   }
   std::vector<HostTensor> result;
   for (int id : g.output_ids) {

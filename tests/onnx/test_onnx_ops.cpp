@@ -543,3 +543,42 @@ TEST_CASE("MatMul broadcasts batch dims; Squeeze without axes", "[onnx]") {
         }
   CHECK(out[1].shape() == std::vector<std::int64_t>{2, 2, 3});
 }
+
+TEST_CASE("Conv followed by Relu / Clip (fused on the CPU) stays exact", "[onnx]") {
+  const std::vector<std::int64_t> xs = {1, 4, 9, 11}, ws = {7, 4, 3, 3};
+  const auto x = small_ints(static_cast<std::size_t>(numel(xs)), 41);
+  const auto w = small_ints(static_cast<std::size_t>(numel(ws)), 42);
+  const auto bias = small_ints(7, 43);
+  std::int64_t oh = 0, ow = 0;
+  const auto ref = conv_ref(x, xs, w, ws, bias, 1, 1, 1, 1, &oh, &ow);
+  const bool portable = GENERATE(false, true);
+  if (portable) {
+    setenv("INSTANTID_ONNX_NO_AVX2", "1", 1);
+  } else {
+    unsetenv("INSTANTID_ONNX_NO_AVX2");
+  }
+  GraphBuilder b(11);
+  b.input("x", {1, 4, -1, -1}).output("relu").output("clip").output("raw").output("shared_relu");
+  b.init_floats("w", ws, w).init_floats("b", {7}, bias);
+  b.init_floats("lo", {}, {-4.0f}).init_floats("hi", {}, {5.0f});
+  auto pads = [](::onnx::NodeProto* n) {
+    GraphBuilder::attr(n, "pads", std::vector<std::int64_t>{1, 1, 1, 1});
+  };
+  pads(b.node("Conv", {"x", "w", "b"}, {"c1"}));
+  b.node("Relu", {"c1"}, {"relu"});  // fused
+  pads(b.node("Conv", {"x", "w", "b"}, {"c2"}));
+  b.node("Clip", {"c2", "lo", "hi"}, {"clip"});  // fused, opset-11 bounds
+  pads(b.node("Conv", {"x", "w", "b"}, {"raw"}));
+  b.node("Relu", {"raw"}, {"shared_relu"});  // not fused: raw is also a graph output
+  Executor e = b.build();
+  const auto all = e.run({HostTensor(xs, x)});
+  REQUIRE(all.size() == 4);
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    CAPTURE(portable, i);
+    CHECK(all[0].values()[i] == std::max(ref[i], 0.0f));
+    CHECK(all[1].values()[i] == std::min(std::max(ref[i], -4.0f), 5.0f));
+    CHECK(all[2].values()[i] == ref[i]);
+    CHECK(all[3].values()[i] == std::max(ref[i], 0.0f));
+  }
+  unsetenv("INSTANTID_ONNX_NO_AVX2");
+}
