@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "commands/tensor_io.hpp"
+#include "instantid/layout.hpp"
+#include "instantid/model.hpp"
 #include "instantid/tensor.hpp"
 #include "support/test_data.hpp"
 
@@ -390,6 +392,46 @@ TEST_CASE("demo runs and checks itself against the reference", "[cli][demo]") {
   const Result bad = run({"demo", "--checkpoint", model_path()});
   CHECK(bad.code == 2);
   CHECK(bad.err.find("expected all three") != std::string::npos);
+}
+
+TEST_CASE("demo runs the real pipeline: face -> embedding -> patch -> steps", "[cli][demo]") {
+  const std::string models = instantid::test::shared_path("models");
+  const std::string image = instantid::test::shared_path("faces/astronaut.png");
+  if (models.empty() || image.empty()) {
+    WARN("shared/models or shared/faces absent (set INSTANTID_SHARED_DIR): real demo not run");
+    return;
+  }
+  // A checkpoint whose Resampler takes the 128-d embeddings of shared/models' MobileFaceNet
+  // (there is no real antelopev2/InstantID pair small enough to ship): reduced layout, D_out 32.
+  const instantid::ModelLayout layout = instantid::ModelLayout::reduced(10, 128, 64, 1);
+  std::vector<HostTensor> storage;
+  std::vector<std::pair<std::string, const HostTensor*>> tensors;
+  const auto shapes = instantid::InstantIDModel::expected_shapes(layout, 32);
+  storage.reserve(shapes.size());
+  std::uint64_t seed = 500;
+  for (const auto& [name, shape] : shapes) {
+    const float scale = shape.size() == 2 ? 0.125f : 0.5f;
+    storage.push_back(hash_values(seed++, shape, scale));
+    tensors.emplace_back(name, &storage.back());
+  }
+  const std::string checkpoint = write_input("checkpoint_128.safetensors", tensors);
+  const Result r = run({"demo", "--checkpoint", checkpoint, "--models", models, "--image", image,
+                        "--steps", "2", "--device", "cpu"});
+  INFO(r.out << r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("face: 1 detected") != std::string::npos);
+  CHECK(r.out.find("(128 values)") != std::string::npos);
+  CHECK(r.out.find(": PASS") != std::string::npos);
+  CHECK(r.out.find("SYNTHETIC") == std::string::npos);
+
+  // A photo without a face: the command fails and says so.
+  const std::string coffee = instantid::test::shared_path("faces/no_face_coffee.png");
+  if (!coffee.empty()) {
+    const Result none = run({"demo", "--checkpoint", checkpoint, "--models", models, "--image",
+                             coffee, "--steps", "1", "--device", "cpu"});
+    CHECK(none.code == 1);
+    CHECK(none.err.find("no_face_coffee") != std::string::npos);
+  }
 }
 
 TEST_CASE("bench without a GPU fails clearly", "[cli][bench]") {
