@@ -255,8 +255,8 @@ void fill_convex_poly(Image& image, const std::vector<int>& points,
       while (edges-- > 0) {
         const std::int64_t ty = py(idx);
         if (ty > y) {
-          const std::int64_t xs = px(idx0) << kXyShift;
-          const std::int64_t xe = px(idx) << kXyShift;
+          const std::int64_t xs = px(idx0) * kXyOne;  // OpenCV shifts; * avoids UB for x < 0
+          const std::int64_t xe = px(idx) * kXyOne;
           e.ye = ty;
           e.dx = ((xe - xs) * 2 + (ty - y)) / (2 * (ty - y));
           e.x = xs;
