@@ -297,3 +297,15 @@ TEST_CASE("Mutated and truncated image files decode or throw instantid::Error", 
   INFO(decoded << " decoded, " << rejected << " rejected");
   CHECK(decoded + rejected == 450);
 }
+
+TEST_CASE("ComfyUI LoadImage round trip (u8 / 255 then tensor_to_image) is the identity", "[face][image]") {
+  // So decoding a file to uint8 directly gives what ComfyUI hands insightface for the same pixels.
+  std::vector<float> rgb(256 * 3);
+  for (int v = 0; v < 256; ++v) {
+    for (int c = 0; c < 3; ++c) rgb[static_cast<std::size_t>(v * 3 + c)] = static_cast<float>(v) / 255.0f;
+  }
+  const Image img = image_from_comfy(rgb.data(), 1, 256);
+  for (int v = 0; v < 256; ++v) {
+    REQUIRE(img.pixels[static_cast<std::size_t>(v * 3)] == v);
+  }
+}
