@@ -259,6 +259,7 @@ TEST_CASE("attn matches the reference goldens", "[cli][attn]") {
     std::int64_t b, n, l, c;
     std::string tokens;
     std::vector<std::string> flags;
+    double tolerance = 5e-5;
   };
   const std::vector<Case> cases = {
       {"vonly_text77", 0, 0, 2, 40, 77, 64, avg,
@@ -270,6 +271,9 @@ TEST_CASE("attn matches the reference goldens", "[cli][attn]") {
         "--mask", "MASK"}},
       {"gated_none", 11, 48, 2, 20, 77, 128, avg,
        {"--weight", "0.8", "--sigma", "20", "--start-at", "0.3", "--cond-or-uncond", "1,0"}},
+      // q/k/v/out handed to the patch in f16 (inputs rounded to f16, output read back from f16).
+      {"vonly_text77", 0, 0, 2, 40, 77, 64, avg,
+       {"--weight", "0.8", "--sigma", "5", "--cond-or-uncond", "1,0", "--dtype", "f16"}, 5e-3},
   };
   const HostTensor mask = [] {
     HostTensor m = hash_values(201, {1, 48, 40}, 0.5f);
@@ -285,7 +289,8 @@ TEST_CASE("attn matches the reference goldens", "[cli][attn]") {
     const HostTensor v = hash_values(seed + 2, {c.b, c.l, c.c}, 1.0f);
     const std::string inputs = write_input(std::string("in_") + c.name + ".safetensors",
                                            {{"q", &q}, {"k", &k}, {"v", &v}});
-    const std::string out = temp_dir() + "/out_" + c.name + ".safetensors";
+    const std::string out = temp_dir() + "/out_" + c.name + "_" + std::to_string(c.flags.size()) +
+                            ".safetensors";
     std::vector<std::string> args = {"attn", "--checkpoint", model_path(), "--tokens", c.tokens,
                                      "--inputs", inputs, "--layer", std::to_string(c.layer),
                                      "--out", out};
@@ -294,7 +299,7 @@ TEST_CASE("attn matches the reference goldens", "[cli][attn]") {
     INFO(r.err);
     REQUIRE(r.code == 0);
     const instantid::cli::TensorMap result = instantid::cli::read_tensors(out);
-    CHECK(error_against(result.at("out"), std::string("case.") + c.name + ".out") < 5e-5);
+    CHECK(error_against(result.at("out"), std::string("case.") + c.name + ".out") < c.tolerance);
   }
 }
 

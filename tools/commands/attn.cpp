@@ -57,7 +57,11 @@ int run_attn(const std::vector<std::string>& args, std::ostream& out, std::ostre
   if (device_arg == "cuda") {
     backend.backend = Backend::kCuda;
     device = Device{DeviceType::kCuda, 0};
-    if (dtype != DType::kF32) backend.cuda_dtype = dtype;
+    if (dtype == DType::kF32) {
+      throw UsageError("--dtype: got f32 with --device cuda, expected f16 or bf16 (the CUDA "
+                       "backend computes on half-precision q/k/v)");
+    }
+    backend.cuda_dtype = dtype;
   } else if (device_arg != "cpu") {
     throw UsageError("--device: got '" + device_arg + "', expected cpu or cuda");
   }
