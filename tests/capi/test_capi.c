@@ -303,6 +303,28 @@ static void test_patch(void) {
   CHECK(patch == NULL);
   CHECK(strstr(instantid_last_error(), "end_at") != NULL);
 
+  /* A mask of zeros removes the image term everywhere: the output is plain attention again. */
+  {
+    static float zeros[1 * 16 * 12];
+    Tensor3 mask_t;
+    memset(zeros, 0, sizeof(zeros));
+    make_tensor(&mask_t, zeros, 3, 1, 16, 12);
+    instantid_patch_options_default(&options);
+    options.mask = &mask_t.t;
+    CHECK(instantid_patch_create(model, &embeds_t.t, &options, &patch) == INSTANTID_OK);
+    if (patch != NULL) {
+      call.original_height = 16;
+      call.original_width = 12;
+      CHECK(instantid_patch_attention(patch, &call) == INSTANTID_OK);
+      CHECK(max_abs_diff(out, expected, kB * kN * kC) < 1e-5);
+      call.original_height = 0; /* a mask needs the latent size */
+      CHECK(instantid_patch_attention(patch, &call) == INSTANTID_ERROR);
+      CHECK(strlen(instantid_last_error()) > 0);
+    }
+    instantid_patch_free(patch);
+    patch = NULL;
+  }
+
   if (cond != NULL) cond->deleter(cond);
   if (uncond != NULL) uncond->deleter(uncond);
   if (uncond_input != NULL) uncond_input->deleter(uncond_input);
