@@ -4,7 +4,8 @@
 // in the same run; µs-scale work is timed as CUDA graphs; every layer reads its own buffers (the
 // step moves ~0.85 GB, far beyond L2) and per-layer rows rotate over 8 buffer sets.
 //
-//   bench_cuda [--reps N] [--tune]   (--tune: also compare tiles of the resident kernel)
+//   bench_cuda [--reps N] [--tune] [--profile]   (--tune: also compare the resident and persistent
+//   tiles; --profile: only one launch of each variant per layer shape, for Nsight Compute)
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -233,6 +234,28 @@ void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double byt
   cudaGraphExecDestroy(exec);
 }
 
+// Persistent-variant tiles (warps per CTA × q tiles in flight per warp × CTAs per SM).
+// kProbe 1: memory pattern only (q read, out written, no math); 2: math only.
+template <int kWarps, int kStages, int kCtasPerSm, int kProbe = 0>
+void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, double bytes) {
+  cudaGraphExec_t exec = capture(stream, [&] {
+    for (const Layer& l : layers) {
+      check_cuda(kernels::launch_persistent_attention<__half, 64, kWarps, kStages, kCtasPerSm,
+                                                      kProbe>(l.params, stream),
+                 "tune launch");
+    }
+  });
+  const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+  char extra[96];
+  std::snprintf(extra, sizeof extra, ", \"warps\": %d, \"stages\": %d, \"ctas_per_sm\": %d",
+                kWarps, kStages, kCtasPerSm);
+  row("tune_sdxl_step_fused_persistent_w" + std::to_string(kWarps) + "_s" +
+          std::to_string(kStages) + "_c" + std::to_string(kCtasPerSm) +
+          (kProbe == 1 ? "_probe_memory_only" : kProbe == 2 ? "_probe_math_only" : ""),
+      s, bytes, extra);
+  cudaGraphExecDestroy(exec);
+}
+
 void bench_tune(cudaStream_t stream) {
   std::vector<Layer> layers;
   std::uint32_t seed = 3;
@@ -240,13 +263,14 @@ void bench_tune(cudaStream_t stream) {
   check_cuda(cudaDeviceSynchronize(), "fill");
   double bytes = 0;
   for (const Layer& l : layers) bytes += l.bytes(true);
-  tune_step<4, 2, false>(layers, stream, bytes);
-  tune_step<4, 1>(layers, stream, bytes);
-  tune_step<4, 2>(layers, stream, bytes);
-  tune_step<4, 1, true, 20>(layers, stream, bytes);
-  tune_step<4, 2, true, 20>(layers, stream, bytes);
-  tune_step<2, 2, true, 20>(layers, stream, bytes);
-  tune_step<8, 1>(layers, stream, bytes);
+  tune_step<4, 1, true, 20>(layers, stream, bytes);  // the resident variant's default
+  tune_persistent<16, 2, 1>(layers, stream, bytes);
+  tune_persistent<16, 3, 1>(layers, stream, bytes);
+  tune_persistent<12, 2, 1>(layers, stream, bytes);
+  tune_persistent<8, 2, 2>(layers, stream, bytes);
+  tune_persistent<20, 2, 1>(layers, stream, bytes);
+  tune_persistent<16, 2, 1, 1>(layers, stream, bytes);
+  tune_persistent<16, 2, 1, 2>(layers, stream, bytes);
 }
 
 void bench_layers(cudaStream_t stream) {
@@ -369,13 +393,32 @@ void bench_prepare(cudaStream_t stream) {
   std::fflush(stdout);
 }
 
+// --profile: one eager launch of each variant per layer shape, nothing timed (for Nsight Compute).
+void run_profile(cudaStream_t stream) {
+  for (int w : {1280, 640}) {
+    const Layer l = make_layer(w == 640 ? 4096 : 1024, w, 2, 77, 11);
+    for (auto v : {kernels::AttentionVariant::kResident, kernels::AttentionVariant::kPersistent}) {
+      for (int r = 0; r < 2; ++r) {
+        check_cuda(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 64, v,
+                                                        l.params, 0, stream),
+                   "profile launch");
+      }
+    }
+    check_cuda(cudaStreamSynchronize(stream), "profile");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0) g_reps = std::max(3, std::atoi(argv[i + 1]));
   }
-  for (int i = 1; i < argc; ++i) g_tune = g_tune || std::strcmp(argv[i], "--tune") == 0;
+  bool profile = false;
+  for (int i = 1; i < argc; ++i) {
+    g_tune = g_tune || std::strcmp(argv[i], "--tune") == 0;
+    profile = profile || std::strcmp(argv[i], "--profile") == 0;
+  }
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     std::printf("{\"bench\": \"none\", \"note\": \"no CUDA device\"}\n");
@@ -387,6 +430,10 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
   try {
+    if (profile) {
+      run_profile(stream);
+      return 0;
+    }
     bench_copy(stream);
     bench_step(stream);
     bench_layers(stream);

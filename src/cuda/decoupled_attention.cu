@@ -57,4 +57,24 @@ cudaError_t decoupled_attention(AttentionDType dtype, int head_dim,
   return cudaErrorInvalidValue;
 }
 
+cudaError_t decoupled_attention_variant(AttentionDType dtype, int head_dim,
+                                        AttentionVariant variant,
+                                        const DecoupledAttentionParams& params, int max_ctas,
+                                        cudaStream_t stream) noexcept {
+  if (dtype == AttentionDType::kF16) {
+    if (head_dim == 64)
+      return launch_decoupled_attention_variant<__half, 64>(variant, params, max_ctas, stream);
+    if (head_dim == 128)
+      return launch_decoupled_attention_variant<__half, 128>(variant, params, max_ctas, stream);
+  } else if (dtype == AttentionDType::kBF16) {
+    if (head_dim == 64)
+      return launch_decoupled_attention_variant<__nv_bfloat16, 64>(variant, params, max_ctas,
+                                                                   stream);
+    if (head_dim == 128)
+      return launch_decoupled_attention_variant<__nv_bfloat16, 128>(variant, params, max_ctas,
+                                                                    stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace instantid::kernels

@@ -36,11 +36,16 @@ std::string describe(const AttentionCase& c) {
 
 // Runs one case; checks tolerance vs fp64, that every written value is finite and that the row
 // padding of out still holds its poison.
-void check_case(const AttentionCase& c, bool poison = true) {
-  INFO(describe(c));
+// variant / max_ctas: which kernel variant runs (kAuto: the launcher's choice) and the persistent
+// grid cap.
+void check_case(const AttentionCase& c, bool poison = true,
+                kernels::AttentionVariant variant = kernels::AttentionVariant::kAuto,
+                int max_ctas = 0) {
+  INFO(describe(c) << " variant " << static_cast<int>(variant) << " max_ctas " << max_ctas);
   AttentionProblem p(c);
   p.prepare(poison && c.include_text);
-  REQUIRE(kernels::decoupled_attention(kdtype(c.dtype), c.head_dim, p.params, nullptr) == cudaSuccess);
+  REQUIRE(kernels::decoupled_attention_variant(kdtype(c.dtype), c.head_dim, variant, p.params,
+                                               max_ctas, nullptr) == cudaSuccess);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const std::vector<std::uint16_t> bits = p.download_bits();
   const std::vector<double> ref = p.expected(false);
@@ -67,8 +72,9 @@ void check_case(const AttentionCase& c, bool poison = true) {
       }
     }
   }
-  std::printf("attention %-70s max|err| %.3e naive %.3e ratio %.2f (|ref| <= %.2f)\n",
-              describe(c).c_str(), err, naive_err, naive_err > 0 ? err / naive_err : 0.0, ref_max);
+  std::printf("attention %-70s v%d/%d max|err| %.3e naive %.3e ratio %.2f (|ref| <= %.2f)\n",
+              describe(c).c_str(), static_cast<int>(variant), max_ctas, err, naive_err,
+              naive_err > 0 ? err / naive_err : 0.0, ref_max);
   CHECK(non_finite == 0);
   CHECK(pad_touched == 0);
   CHECK(naive_err > 0.0);
@@ -147,6 +153,80 @@ TEST_CASE("decoupled attention: text only, add-ip-only, strided rows", "[cuda][a
   c.dtype = DType::kBF16;
   c.head_dim = 128;
   check_case(c);
+}
+
+// The persistent variant needs up to ~190 KB of shared memory per CTA in these cases (sm_80 and
+// sm_90 allow 227 KB; sm_86 / sm_89 99 KB, where the launcher uses the resident variant instead).
+bool persistent_available() {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  const cudaError_t e =
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return e == cudaSuccess && optin >= 200 * 1024;
+}
+
+TEST_CASE("decoupled attention: persistent and resident variants on their own, capped grids",
+          "[cuda][attention]") {
+  using kernels::AttentionVariant;
+  const bool persistent = persistent_available();
+  if (!persistent) WARN("device shared memory < 200 KB per CTA: persistent-variant checks skipped");
+  struct Shape {
+    int batch, queries, heads;
+  };
+  // Capped grids make each warp walk many tiles through its q ring and make CTA ranges start
+  // inside one (batch, head) pair and end in the next (113: 8 tiles per pair, 1000: 63).
+  const Shape shapes[] = {{1, 113, 3}, {2, 1000, 3}, {4, 113, 2}, {2, 4096, 1}, {4, 1000, 1}};
+  int seed = 500;
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    for (const Shape& sh : shapes) {
+      AttentionCase c;
+      c.dtype = dtype;
+      c.batch = sh.batch;
+      c.queries = sh.queries;
+      c.heads = sh.heads;
+      c.images_per_chunk = sh.batch >= 2 ? sh.batch / 2 : 1;
+      c.uncond_chunks = sh.batch >= 2 ? 0b10 : 0;
+      c.identities = {IdentityCase{16, 0.8f, sh.batch >= 2 ? 2 : 1}, IdentityCase{16, 0.5f, 0}};
+      c.seed = static_cast<std::uint32_t>(++seed);
+      check_case(c, true, AttentionVariant::kResident);
+      for (int max_ctas : {0, 1, 5, 7}) {
+        if (persistent) check_case(c, true, AttentionVariant::kPersistent, max_ctas);
+      }
+    }
+  }
+  if (!persistent) return;
+  // add-ip-only, strided rows, one identity with the largest one-pass token count.
+  AttentionCase c;
+  c.batch = 2;
+  c.queries = 1000;
+  c.heads = 2;
+  c.uncond_chunks = 0b01;
+  c.identities = {IdentityCase{80, 0.9f, 1}, IdentityCase{16, -0.4f, 0}};
+  c.include_text = false;
+  c.seed = 77;
+  for (int max_ctas : {0, 3}) check_case(c, true, AttentionVariant::kPersistent, max_ctas);
+  c.include_text = true;
+  c.row_pad = 24;
+  for (int max_ctas : {0, 3}) check_case(c, true, AttentionVariant::kPersistent, max_ctas);
+}
+
+TEST_CASE("decoupled attention: the persistent variant refuses what it does not cover",
+          "[cuda][attention]") {
+  AttentionCase c;
+  c.text_len = 81;  // one phase past 80 keys
+  c.identities = {IdentityCase{16, 1.0f, 0}};
+  AttentionProblem p(c);
+  p.prepare(true);
+  const auto persistent = kernels::AttentionVariant::kPersistent;
+  CHECK(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 64, persistent,
+                                             p.params, 0, nullptr) == cudaErrorInvalidValue);
+  CHECK(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 128, persistent,
+                                             p.params, 0, nullptr) == cudaErrorInvalidValue);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const auto bits = p.download_bits();
+  std::size_t finite = 0;
+  for (std::uint16_t b : bits) finite += std::isfinite(instantid::half_to_float(b)) ? 1 : 0;
+  CHECK(finite == 0);
 }
 
 TEST_CASE("decoupled attention: unsupported arguments are refused", "[cuda][attention]") {

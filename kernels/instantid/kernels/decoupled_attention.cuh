@@ -494,6 +494,142 @@ struct ResidentPhase {
   const float* mask;
   int mask_rows;
 };
+
+// Lane offsets (bytes) of the ldmatrix rows of K (q·Kᵀ) and V (P·V, transposed): block bases
+// are multiples of 16 rows, so the swizzle depends on the lane only.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void ldmatrix_lane_offsets(std::uint32_t (&k_off)[kHeadDim / 16],
+                                                      std::uint32_t (&v_off)[kHeadDim / 16]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    const int r = (lane % 8) + (lane / 16) * 8;
+    const int chunk = (kk * 2 + (lane / 8) % 2) ^ (lane % 8);
+    k_off[kk] = static_cast<std::uint32_t>((r * kHeadDim + chunk * 8) * sizeof(T));
+  }
+#pragma unroll
+  for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+    const int r = (lane % 8) + ((lane / 8) % 2) * 8;
+    const int chunk = (dp * 2 + lane / 16) ^ (lane % 8);
+    v_off[dp] = static_cast<std::uint32_t>((r * kHeadDim + chunk * 8) * sizeof(T));
+  }
+}
+
+// One phase of a warp's 16 query rows, one pass: S = q·Kᵀ over kBlocks blocks of 16 keys (keys
+// past `valid`, only in the last block, at -inf), p = exp(S/sqrt(d) - max) in fp32, then
+// P·(num/l) rounded to T and out_acc += P·V. num[r]: s_i · M_i of the thread's rows r, r + 8.
+// The block count is a template argument so that a 16-key ip phase runs a 16-key body.
+template <typename T, int kHeadDim, int kBlocks>
+__device__ __forceinline__ void one_pass_phase(float (&out_acc)[kHeadDim / 8][4],
+                                               const std::uint32_t (&q_frag)[kHeadDim / 16][4],
+                                               std::uint32_t kb0, std::uint32_t vb0,
+                                               const std::uint32_t (&k_off)[kHeadDim / 16],
+                                               const std::uint32_t (&v_off)[kHeadDim / 16],
+                                               int valid, const float (&num)[2]) {
+  using Mma = MmaType<T>;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kDPairs = kHeadDim / 16;
+  constexpr std::uint32_t kBlockBytes = 16 * kHeadDim * sizeof(T);
+  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
+  const int my_col = (threadIdx.x % 4) * 2;
+  float s[2 * kBlocks][4];
+#pragma unroll
+  for (int j = 0; j < 2 * kBlocks; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+  }
+#pragma unroll
+  for (int kb = 0; kb < kBlocks; ++kb) {
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      std::uint32_t bfrag[4];
+      ldmatrix_x4_at(bfrag, kb0 + kb * kBlockBytes + k_off[kk]);
+      Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
+      Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+    }
+  }
+  if (kBlocks * 16 > valid) {
+#pragma unroll
+    for (int j = 2 * kBlocks - 2; j < 2 * kBlocks; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (j * 8 + my_col + (e & 1) >= valid) s[j][e] = -INFINITY;
+      }
+    }
+  }
+  // Row maxima of the raw scores (the scale is positive), then exp2(S·scale - max·scale).
+  float m[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < 2 * kBlocks; ++j) {
+    m[0] = fmaxf(m[0], fmaxf(s[j][0], s[j][1]));
+    m[1] = fmaxf(m[1], fmaxf(s[j][2], s[j][3]));
+  }
+  float mc[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
+    m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
+    mc[r] = m[r] * score_scale;
+  }
+  float l[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < 2 * kBlocks; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = fast_exp2(fmaf(s[j][e], score_scale, -mc[e / 2]));
+      l[e / 2] += s[j][e];
+    }
+  }
+  float factor[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    factor[r] = num[r] / l[r];
+  }
+#pragma unroll
+  for (int kb = 0; kb < kBlocks; ++kb) {
+    std::uint32_t a[4];
+    a[0] = Mma::pack(s[2 * kb][0] * factor[0], s[2 * kb][1] * factor[0]);
+    a[1] = Mma::pack(s[2 * kb][2] * factor[1], s[2 * kb][3] * factor[1]);
+    a[2] = Mma::pack(s[2 * kb + 1][0] * factor[0], s[2 * kb + 1][1] * factor[0]);
+    a[3] = Mma::pack(s[2 * kb + 1][2] * factor[1], s[2 * kb + 1][3] * factor[1]);
+#pragma unroll
+    for (int dp = 0; dp < kDPairs; ++dp) {
+      std::uint32_t bfrag[4];
+      ldmatrix_x4_trans_at(bfrag, vb0 + kb * kBlockBytes + v_off[dp]);
+      Mma::mma(out_acc[2 * dp], a, bfrag[0], bfrag[1]);
+      Mma::mma(out_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
+    }
+  }
+}
+
+// one_pass_phase for any key count 1..80.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void one_pass_phase_any(float (&out_acc)[kHeadDim / 8][4],
+                                                   const std::uint32_t (&q_frag)[kHeadDim / 16][4],
+                                                   std::uint32_t kb0, std::uint32_t vb0,
+                                                   const std::uint32_t (&k_off)[kHeadDim / 16],
+                                                   const std::uint32_t (&v_off)[kHeadDim / 16],
+                                                   int valid, const float (&num)[2]) {
+  switch ((valid + 15) / 16) {
+    case 1:
+      one_pass_phase<T, kHeadDim, 1>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
+      break;
+    case 2:
+      one_pass_phase<T, kHeadDim, 2>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
+      break;
+    case 3:
+      one_pass_phase<T, kHeadDim, 3>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
+      break;
+    case 4:
+      one_pass_phase<T, kHeadDim, 4>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
+      break;
+    default:
+      one_pass_phase<T, kHeadDim, 5>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
+      break;
+  }
+}
 }  // namespace attention_detail
 
 // kSingle: every phase has at most kSingleKeys keys, so each softmax is exact in one pass and
@@ -927,6 +1063,351 @@ cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
   return cudaGetLastError();
 }
 
+// ---- Persistent variant: one wave of CTAs, each walking a contiguous range of 16-row tiles ----
+// For the SDXL shape (every phase <= 80 keys, one-pass softmax). The resident variant re-reads a
+// (batch, head)'s 24 KB of K/V from L2 for every 64 query rows, more bytes than its q and out,
+// and each warp runs one dependent load → compute → store chain. Here the grid is about one CTA
+// per SM; CTA c owns tiles [c·R, c·R + R) of the (pair = b·H + h, row tile) order, R chosen so that
+// the range touches at most kMaxPairs pairs. Their K/V are loaded once behind the CTA's only
+// barrier; each warp then walks its tiles (warp, warp + kWarps, ...) with a kStages-deep cp.async
+// ring of q tiles (the next load is issued as soon as a tile's q is in registers) and writes out
+// through its own staging tile with 16-byte stores. The per-tile math is the resident one-pass
+// variant's: scores in fp32, each phase normalised on its own, s·M/l folded into P.
+
+template <int kHeadDim, int kWarpsT = 16, int kStagesT = 2, int kCtasPerSmT = 1>
+struct PersistentTile {
+  static constexpr int kWarps = kWarpsT;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kStages = kStagesT;      // q tiles in flight per warp
+  static constexpr int kCtasPerSm = kCtasPerSmT;
+  static constexpr int kMaxPairs = 2;           // (batch, head) pairs a CTA's range may touch
+  static constexpr int kSingleKeys = 80;        // keys of any phase (77 text → 5 blocks of 16)
+  static constexpr int kChunks = kHeadDim / 8;
+  static std::size_t smem_bytes(int key_rows, std::size_t elem) {
+    return (static_cast<std::size_t>(kMaxPairs) * 2 * key_rows * kHeadDim +
+            static_cast<std::size_t>(kWarps) * (kStages + 1) * 16 * kHeadDim) *
+           elem;
+  }
+};
+
+// kProbe (benchmarks only): 0 the attention; 1 q in and out written, no math (memory pattern);
+// 2 the math alone, no q loaded and nothing stored.
+// kIpOneBlock: every ip phase has <= 16 tokens (its body is compiled for one key block).
+template <typename T, int kHeadDim, int kWarpsT, int kStagesT, int kCtasPerSmT, bool kIpOneBlock,
+          int kProbe = 0>
+__global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
+    decoupled_attention_persistent_kernel(const DecoupledAttentionParams p, int tiles_per_pair,
+                                          int tiles_per_cta, int total_tiles) {
+  using Tile = PersistentTile<kHeadDim, kWarpsT, kStagesT, kCtasPerSmT>;
+  using Mma = attention_detail::MmaType<T>;
+  using attention_detail::ResidentPhase;
+  constexpr int kStages = Tile::kStages;
+  constexpr int kWarps = Tile::kWarps;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kDTiles = kHeadDim / 8;
+  constexpr int kChunks = Tile::kChunks;
+  constexpr int kTileElems = 16 * kHeadDim;
+  constexpr int kLaneChunks = 16 * kChunks / 32;  // 16-byte chunks of a tile per lane
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ ResidentPhase s_phase[1 + kMaxIdentities];
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int first_tile = static_cast<int>(blockIdx.x) * tiles_per_cta;
+  const int end_tile = min(first_tile + tiles_per_cta, total_tiles);
+  const int first_pair = first_tile / tiles_per_pair;
+  const int num_pairs = (end_tile - 1) / tiles_per_pair - first_pair + 1;
+  const int num_phases = (p.include_text ? 1 : 0) + p.num_identities;
+  int rows = p.include_text ? (p.text_len + 15) / 16 * 16 : 0;
+  for (int i = 0; i < p.num_identities; ++i) rows += (p.ip[i].tokens + 15) / 16 * 16;
+
+  T* s_kv = reinterpret_cast<T*>(smem_raw);  // [kMaxPairs][K rows, V rows][d], swizzled
+  // [kStages + 1][16, d]: this warp's q ring, then its out staging tile
+  T* s_ring = s_kv + Tile::kMaxPairs * 2 * rows * kHeadDim + warp * (kStages + 1) * kTileElems;
+  T* s_out = s_ring + kStages * kTileElems;
+
+  const T* q_all = static_cast<const T*>(p.q);
+  // (batch, head) of the range's first pair and of the next one; tiles at or past `boundary` are
+  // the next pair's.
+  const int b0 = first_pair / p.heads;
+  const int h0 = first_pair - b0 * p.heads;
+  const int b1 = h0 + 1 == p.heads ? b0 + 1 : b0;
+  const int h1 = h0 + 1 == p.heads ? 0 : h0 + 1;
+  const int boundary = (first_pair + 1) * tiles_per_pair;
+  struct TilePos {
+    int slot, b, h, row0;
+  };
+  auto tile_pos = [&](int g) {
+    const bool next = g >= boundary;
+    return TilePos{next ? 1 : 0, next ? b1 : b0, next ? h1 : h0,
+                   (g - (next ? boundary : boundary - tiles_per_pair)) * 16};
+  };
+  // The i-th tile of this warp into ring slot i % kStages (rows past N zero-filled).
+  auto issue_q = [&](int i) {
+    const int g = first_tile + warp + i * kWarps;
+    if (kProbe == 2 || g >= end_tile) return;
+    const TilePos t = tile_pos(g);
+    const int row0 = t.row0;
+    const T* src = q_all + t.b * p.q_batch_stride + static_cast<std::int64_t>(t.h) * kHeadDim;
+    T* dst = s_ring + (i % kStages) * kTileElems;
+#pragma unroll
+    for (int k = 0; k < kLaneChunks; ++k) {
+      const int r = lane / kChunks + k * (32 / kChunks);
+      const int c = lane % kChunks;
+      const int n = row0 + r;
+      const bool valid = n < p.queries;
+      attention_detail::cp_async_16(dst + attention_detail::swizzle<kHeadDim>(r, c * 8),
+                                    valid ? src + n * p.q_row_stride + c * 8 : src,
+                                    valid ? 16 : 0);
+    }
+  };
+
+  // Commit groups, in order: q tile 0, all K/V, q tiles 1 .. kStages-1, then one per tile.
+  issue_q(0);
+  attention_detail::cp_async_commit();
+  if (threadIdx.x == 0) {
+    int n = 0, start = 0;
+    if (p.include_text) {
+      s_phase[n++] = ResidentPhase{start, p.text_len, 1.0f, nullptr, 0};
+      start += (p.text_len + 15) / 16 * 16;
+    }
+    for (int i = 0; i < p.num_identities; ++i) {
+      s_phase[n++] = ResidentPhase{start, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask,
+                                   p.ip[i].mask_rows};
+      start += (p.ip[i].tokens + 15) / 16 * 16;
+    }
+  }
+  for (int slot = 0; slot < num_pairs; ++slot) {
+    const int pair = first_pair + slot;
+    const int b = pair / p.heads;
+    const std::int64_t head_col = static_cast<std::int64_t>(pair - b * p.heads) * kHeadDim;
+    const int chunk_uncond = b / p.images_per_chunk;
+    const int uncond =
+        chunk_uncond < 64 ? static_cast<int>((p.uncond_chunks >> chunk_uncond) & 1u) : 0;
+    T* sk = s_kv + slot * 2 * rows * kHeadDim;
+    T* sv = sk + rows * kHeadDim;
+    int start = 0;
+    for (int ph = 0; ph < num_phases; ++ph) {
+      const bool text = p.include_text && ph == 0;
+      const int id = ph - (p.include_text ? 1 : 0);
+      const T* k = text ? static_cast<const T*>(p.k) + b * p.k_batch_stride
+                        : static_cast<const T*>(p.ip[id].k[uncond]);
+      const T* v = text ? static_cast<const T*>(p.v) + b * p.v_batch_stride
+                        : static_cast<const T*>(p.ip[id].v[uncond]);
+      const std::int64_t ks = text ? p.k_row_stride : p.ip[id].row_stride;
+      const std::int64_t vs = text ? p.v_row_stride : p.ip[id].row_stride;
+      const int count = text ? p.text_len : p.ip[id].tokens;
+      const int padded = (count + 15) / 16 * 16;
+      for (int idx = threadIdx.x; idx < padded * kChunks; idx += Tile::kThreads) {
+        const int r = idx / kChunks;
+        const int c = idx % kChunks;
+        const bool valid = r < count;
+        const int dst = attention_detail::swizzle<kHeadDim>(start + r, c * 8);
+        attention_detail::cp_async_16(sk + dst, valid ? k + r * ks + head_col + c * 8 : k,
+                                      valid ? 16 : 0);
+        attention_detail::cp_async_16(sv + dst, valid ? v + r * vs + head_col + c * 8 : v,
+                                      valid ? 16 : 0);
+      }
+      start += padded;
+    }
+  }
+  attention_detail::cp_async_commit();
+#pragma unroll
+  for (int i = 1; i < kStages; ++i) {
+    issue_q(i);
+    attention_detail::cp_async_commit();
+  }
+  attention_detail::cp_async_wait<kStages - 1>();  // q tile 0 and this thread's K/V
+  __syncthreads();  // everyone's K/V and the phase table
+
+  const int my_row = lane / 4;
+  const int my_col = (lane % 4) * 2;
+  std::uint32_t k_off[kKSteps], v_off[kDTiles / 2];
+  attention_detail::ldmatrix_lane_offsets<T, kHeadDim>(k_off, v_off);
+  const std::uint32_t pair_bytes = static_cast<std::uint32_t>(2 * rows * kHeadDim * sizeof(T));
+  const std::uint32_t kv_addr = attention_detail::smem_address(s_kv);
+
+  const int my_tiles = (end_tile - first_tile - warp + kWarps - 1) / kWarps;
+#pragma unroll 1
+  for (int i = 0; i < my_tiles; ++i) {
+    attention_detail::cp_async_wait<kStages - 1>();
+    __syncwarp();
+    const TilePos t = tile_pos(first_tile + warp + i * kWarps);
+    const T* sq = s_ring + (i % kStages) * kTileElems;
+    std::uint32_t q_frag[kKSteps][4];
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      attention_detail::ldmatrix_x4(
+          q_frag[kk],
+          sq + attention_detail::swizzle<kHeadDim>(lane % 16, kk * 16 + (lane / 16) * 8));
+    }
+    __syncwarp();  // every lane holds its q fragments: the slot may be refilled
+    issue_q(i + kStages);
+    attention_detail::cp_async_commit();
+
+    float out_acc[kDTiles][4];
+#pragma unroll
+    for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out_acc[j][e] = 0.0f;
+    }
+    const std::uint32_t k_addr = kv_addr + t.slot * pair_bytes;
+    const std::uint32_t v_addr = k_addr + pair_bytes / 2;
+    for (int ph = 0; ph < (kProbe == 1 ? 0 : num_phases); ++ph) {
+      const ResidentPhase phase = s_phase[ph];
+      float num[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        num[r] = phase.scale;
+        if (phase.mask != nullptr) {
+          const int n = t.row0 + my_row + r * 8;
+          const int mrow = min(t.b % p.images_per_chunk, phase.mask_rows - 1);
+          num[r] *= n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
+                                  : 0.0f;
+        }
+      }
+      const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
+      if constexpr (kIpOneBlock) {
+        // SDXL: the text phase (<= 80 keys), then ip phases of <= 16 tokens each.
+        if (ph == 0 && p.include_text) {
+          attention_detail::one_pass_phase_any<T, kHeadDim>(out_acc, q_frag, k_addr + start_bytes,
+                                                            v_addr + start_bytes, k_off, v_off,
+                                                            phase.count, num);
+        } else {
+          attention_detail::one_pass_phase<T, kHeadDim, 1>(out_acc, q_frag, k_addr + start_bytes,
+                                                           v_addr + start_bytes, k_off, v_off,
+                                                           phase.count, num);
+        }
+      } else {
+        attention_detail::one_pass_phase_any<T, kHeadDim>(out_acc, q_frag, k_addr + start_bytes,
+                                                          v_addr + start_bytes, k_off, v_off,
+                                                          phase.count, num);
+      }
+    }
+    const int b = t.b;
+    const int row0 = t.row0;
+    T* out_base = static_cast<T*>(p.out) + b * p.out_batch_stride +
+                  static_cast<std::int64_t>(t.h) * kHeadDim;
+    // "Add ip only": the previous out joins the fp32 sum, so the result is rounded once.
+    if (!p.include_text) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int n = row0 + my_row + r * 8;
+        if (n < p.queries) {
+#pragma unroll
+          for (int j = 0; j < kDTiles; ++j) {
+            const float2 old = Mma::unpack(*reinterpret_cast<const std::uint32_t*>(
+                out_base + n * p.out_row_stride + j * 8 + my_col));
+            out_acc[j][2 * r] += old.x;
+            out_acc[j][2 * r + 1] += old.y;
+          }
+        }
+      }
+    }
+    if (kProbe == 2 && p.batch > 0) continue;
+    // The previous tile's 16-byte stores have read s_out (the __syncwarp at the loop head).
+#pragma unroll
+    for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        *reinterpret_cast<std::uint32_t*>(
+            s_out + attention_detail::swizzle<kHeadDim>(my_row + r * 8, j * 8 + my_col)) =
+            Mma::pack(out_acc[j][2 * r], out_acc[j][2 * r + 1]);
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < kLaneChunks; ++k) {
+      const int r = lane / kChunks + k * (32 / kChunks);
+      const int c = lane % kChunks;
+      const int n = row0 + r;
+      if (n < p.queries) {
+        *reinterpret_cast<uint4*>(out_base + n * p.out_row_stride + c * 8) =
+            *reinterpret_cast<const uint4*>(s_out + attention_detail::swizzle<kHeadDim>(r, c * 8));
+      }
+    }
+  }
+}
+
+// Dynamic shared memory a CTA of the current device may opt into (1 KB left for the static part),
+// 0 on error. 227 KB on sm_80 / sm_90, 99 KB on sm_86 / sm_89.
+inline int persistent_smem_limit() noexcept {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+      cudaSuccess) {
+    return 0;
+  }
+  return optin > 1024 ? optin - 1024 : 0;
+}
+
+// Whether the persistent variant takes these params on the current device: one-pass phases
+// (<= 80 keys) and the K/V of kMaxPairs pairs plus the warps' rings fit in shared memory.
+template <int kHeadDim, int kWarps = 16, int kStages = 2, int kCtasPerSm = 1>
+bool persistent_attention_fits(const DecoupledAttentionParams& params, std::size_t elem) noexcept {
+  using Tile = PersistentTile<kHeadDim, kWarps, kStages, kCtasPerSm>;
+  const int key_rows = resident_key_rows(params);
+  if (key_rows == 0 || max_phase_keys(params) > Tile::kSingleKeys) return false;
+  const long long tiles =
+      static_cast<long long>(params.batch) * params.heads * ((params.queries + 15) / 16);
+  return tiles <= 0x7fffffffLL &&
+         Tile::smem_bytes(key_rows, elem) <= static_cast<std::size_t>(persistent_smem_limit());
+}
+
+// Launches the persistent variant with a given tile. max_ctas > 0 caps the grid below one CTA per
+// SM slot (tests use it to make warps walk many tiles and ranges span two pairs).
+template <typename T, int kHeadDim, int kWarps = 16, int kStages = 2, int kCtasPerSm = 1,
+          int kProbe = 0>
+cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params,
+                                        cudaStream_t stream, int max_ctas = 0) noexcept {
+  using Tile = PersistentTile<kHeadDim, kWarps, kStages, kCtasPerSm>;
+  if (!persistent_attention_fits<kHeadDim, kWarps, kStages, kCtasPerSm>(params, sizeof(T)))
+    return cudaErrorInvalidValue;
+  bool ip_one_block = true;
+  for (int i = 0; i < params.num_identities; ++i) {
+    ip_one_block = ip_one_block && params.ip[i].tokens <= 16;
+  }
+  auto* kernel =
+      ip_one_block
+          ? decoupled_attention_persistent_kernel<T, kHeadDim, kWarps, kStages, kCtasPerSm, true,
+                                                  kProbe>
+          : decoupled_attention_persistent_kernel<T, kHeadDim, kWarps, kStages, kCtasPerSm, false,
+                                                  kProbe>;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return cudaErrorInvalidDevice;
+  // Set on every launch (a host-side attribute write, no device work): a once-per-process flag
+  // proved unreliable when the launcher is instantiated in several binaries' units.
+  const std::size_t smem = Tile::smem_bytes(resident_key_rows(params), sizeof(T));
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  int sms = 0;
+  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return e;
+  const int tiles_per_pair = (params.queries + 15) / 16;
+  const long long total =
+      static_cast<long long>(params.batch) * params.heads * tiles_per_pair;
+  const long long slots = max_ctas > 0 ? max_ctas : static_cast<long long>(sms) * kCtasPerSm;
+  long long per_cta = (total + slots - 1) / slots;
+  // A range of at most tiles_per_pair tiles touches at most two pairs.
+  const long long max_per_cta = static_cast<long long>(tiles_per_pair) * (Tile::kMaxPairs - 1);
+  per_cta = per_cta < max_per_cta ? per_cta : max_per_cta;
+  const long long grid = (total + per_cta - 1) / per_cta;
+  kernel<<<static_cast<unsigned>(grid), Tile::kThreads, smem, stream>>>(
+      params, tiles_per_pair, static_cast<int>(per_cta), static_cast<int>(total));
+  return cudaGetLastError();
+}
+
+// The default persistent tile (d 64). On an H200 over the SDXL step (docs/performance.md) it took
+// 0.845 ms against 0.927 ms for the resident default; 12 warps measured 0.794 ms in the same run
+// but has not been through test_cuda on a GPU yet.
+struct DefaultPersistent {
+  static constexpr int kWarps = 16;
+  static constexpr int kStages = 2;
+  static constexpr int kCtasPerSm = 1;
+};
+
 // The default tiles of the resident variants (measured on an H200 over the SDXL step, d 64:
 // docs/performance.md). One pass: 4 warps × 1 block of 16 rows at 96 registers (20 warps per SM)
 // beat 4 × 2 at 128 registers by 4.6 %; online: 4 × 2 at 128 registers. d 128 is not tuned.
@@ -948,6 +1429,14 @@ cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
   if (key_rows > 0 && key_rows <= ResidentTile<kHeadDim>::kMaxKeys) {
     using D = DefaultResident<kHeadDim>;
     if (max_phase_keys(params) <= ResidentTile<kHeadDim>::kSingleKeys) {
+      if constexpr (kHeadDim == 64) {
+        using P = DefaultPersistent;
+        if (persistent_attention_fits<kHeadDim, P::kWarps, P::kStages, P::kCtasPerSm>(params,
+                                                                                   sizeof(T))) {
+          return launch_persistent_attention<T, kHeadDim, P::kWarps, P::kStages, P::kCtasPerSm>(
+              params, stream);
+        }
+      }
       return launch_resident_attention<T, kHeadDim, D::kWarps, D::kOnePassGroups, true,
                                        D::kOnePassSmWarps>(params, stream);
     }
@@ -958,6 +1447,34 @@ cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
   const dim3 grid(params.heads, (params.queries + Tile::kRows - 1) / Tile::kRows, params.batch);
   decoupled_attention_kernel<T, kHeadDim><<<grid, Tile::kThreads, 0, stream>>>(params);
   return cudaGetLastError();
+}
+
+template <typename T, int kHeadDim>
+cudaError_t launch_decoupled_attention_variant(AttentionVariant variant,
+                                               const DecoupledAttentionParams& params,
+                                               int max_ctas, cudaStream_t stream) noexcept {
+  if (variant == AttentionVariant::kAuto) {
+    return launch_decoupled_attention<T, kHeadDim>(params, stream);
+  }
+  const cudaError_t status = check_decoupled_attention(params);
+  if (status != cudaSuccess) return status;
+  if (variant == AttentionVariant::kPersistent) {
+    if constexpr (kHeadDim == 64) {
+      using P = DefaultPersistent;
+      return launch_persistent_attention<T, kHeadDim, P::kWarps, P::kStages, P::kCtasPerSm>(
+          params, stream, max_ctas);
+    }
+    return cudaErrorInvalidValue;
+  }
+  const int key_rows = resident_key_rows(params);
+  if (key_rows == 0 || key_rows > ResidentTile<kHeadDim>::kMaxKeys) return cudaErrorInvalidValue;
+  using D = DefaultResident<kHeadDim>;
+  if (max_phase_keys(params) <= ResidentTile<kHeadDim>::kSingleKeys) {
+    return launch_resident_attention<T, kHeadDim, D::kWarps, D::kOnePassGroups, true,
+                                     D::kOnePassSmWarps>(params, stream);
+  }
+  return launch_resident_attention<T, kHeadDim, D::kWarps, D::kOnlineGroups, false,
+                                   D::kOnlineSmWarps>(params, stream);
 }
 
 }  // namespace instantid::kernels

@@ -62,9 +62,24 @@ template <typename T, int kHeadDim>
 cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
                                        cudaStream_t stream) noexcept;
 
+// The variants the launcher picks between (docs/kernels.md). kAuto is what
+// launch_decoupled_attention does; kPersistent exists for head dim 64 with every phase <= 80 keys
+// (else cudaErrorInvalidValue); kResident for up to 256 (d 64) / 128 (d 128) padded key rows.
+// max_ctas > 0 caps the persistent grid (tests: many tiles per warp, ranges over two pairs).
+enum class AttentionVariant : std::uint8_t { kAuto, kResident, kPersistent };
+
+template <typename T, int kHeadDim>
+cudaError_t launch_decoupled_attention_variant(AttentionVariant variant,
+                                               const DecoupledAttentionParams& params,
+                                               int max_ctas, cudaStream_t stream) noexcept;
+
 // Runtime switch over the compiled instantiations.
 cudaError_t decoupled_attention(AttentionDType dtype, int head_dim,
                                 const DecoupledAttentionParams& params,
                                 cudaStream_t stream) noexcept;
+cudaError_t decoupled_attention_variant(AttentionDType dtype, int head_dim,
+                                        AttentionVariant variant,
+                                        const DecoupledAttentionParams& params, int max_ctas,
+                                        cudaStream_t stream) noexcept;
 
 }  // namespace instantid::kernels
