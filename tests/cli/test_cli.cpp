@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "commands/sdcpp_id_embeds.hpp"
 #include "commands/tensor_io.hpp"
 #include "instantid/layout.hpp"
 #include "instantid/model.hpp"
@@ -362,6 +363,15 @@ TEST_CASE("inspect describes checkpoints and ONNX models", "[cli][inspect]") {
   r = run({"inspect", write_input("not_a_checkpoint.safetensors", {{"x", &x}})});
   CHECK(r.code == 0);
   CHECK(r.out.find("instantid checkpoint: no") != std::string::npos);
+
+  // stable-diffusion.cpp's id_embeds.bin, as `embed --sdcpp-id-embeds` writes it.
+  const std::string id_embeds = temp_dir() + "/id_embeds.bin";
+  instantid::cli::write_file_atomic(id_embeds,
+                                    instantid::cli::sdcpp_id_embeds_bytes(hash_values(9, {2, 512}, 1.0f)));
+  r = run({"inspect", id_embeds});
+  CHECK(r.code == 0);
+  CHECK(r.out.find("stable-diffusion.cpp id_embeds.bin") != std::string::npos);
+  CHECK(r.out.find("id_embeds  f32  [2, 512]") != std::string::npos);
 
   r = run({"inspect", temp_dir() + "/absent.onnx"});
   CHECK(r.code == 1);
