@@ -145,9 +145,13 @@ struct AttentionPatch::Impl {
                       " dtype: got enum value ", dtype, ", expected f32, f16 or bf16");
       INSTANTID_CHECK(t.data != nullptr || t.numel() == 0, INSTANTID_AT, name,
                       " data: got a null pointer for shape ", t.shape_str(), ", expected memory");
+      std::int64_t count = 1;
       for (int d = 0; d < 3; ++d) {
         INSTANTID_CHECK(t.shape[static_cast<std::size_t>(d)] > 0, INSTANTID_AT, name,
                         " shape: got ", t.shape_str(), ", expected non-empty dimensions");
+        INSTANTID_CHECK(!__builtin_mul_overflow(count, t.shape[static_cast<std::size_t>(d)], &count),
+                        INSTANTID_AT, name, " shape: got ", t.shape_str(),
+                        ", expected an element count that fits in int64");
       }
     };
 
