@@ -83,6 +83,10 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/kernels/instantid
 if(TARGET instantid_cli)
   install(TARGETS instantid_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
+# `instantid bench` runs bench_cuda from beside itself once installed.
+if(TARGET bench_cuda)
+  install(TARGETS bench_cuda RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 
 install(EXPORT instantidTargets
   NAMESPACE instantid::
