@@ -108,7 +108,7 @@ TEST_CASE("cli: hostile input files exit 1, name the file, and leave no output",
       {"embeddings holding NaN", model,
        write("nan.safetensors",
              fmt::safetensors({{"embeds", "F32", {1, 64}, fmt::float_bytes(nan_values)}})),
-       "NaN"},
+       "nan.safetensors: tensor \"embeds\": value at flat index 17 is NaN"},
       {"embeddings file truncated", model,
        write("cut.safetensors", good_embeds().substr(0, 40)), "cut.safetensors"},
   };

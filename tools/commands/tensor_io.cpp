@@ -16,7 +16,11 @@ TensorMap read_tensors(const std::string& path) {
   const CheckpointFile file = CheckpointFile::open(path);
   TensorMap result;
   for (const CheckpointTensor& tensor : file.tensors()) {
-    result.emplace(tensor.name, tensor.to_float(/*reject_non_finite=*/true));
+    try {
+      result.emplace(tensor.name, tensor.to_float(/*reject_non_finite=*/true));
+    } catch (const Error& e) {  // a NaN/Inf value: say which file holds it
+      throw Error(make_message(path, ": ", e.what()));
+    }
   }
   return result;
 }
