@@ -314,8 +314,17 @@ class CudaExecutor final : public CudaBackend {
                      shape};
   }
 
+  // Growing the workspace frees the old buffer, whose address earlier plans' CUDA graphs hold:
+  // those graphs are dropped and captured again on their next run.
   void ensure_workspace(std::size_t bytes, const std::string& where) {
-    if (bytes > workspace_.bytes()) workspace_ = DeviceBuffer(bytes, where);
+    if (bytes <= workspace_.bytes()) return;
+    ONNX_CUDA(cudaStreamSynchronize(stream_), where);
+    for (auto& plan : plans_) {
+      if (plan->graph != nullptr) cudaGraphExecDestroy(plan->graph);
+      plan->graph = nullptr;
+      plan->graph_tried = false;
+    }
+    workspace_ = DeviceBuffer(bytes, where);
   }
 
   cuda::BroadcastParams broadcast_params(const Node& node, const Shape& out, const Shape& a,
@@ -436,13 +445,18 @@ void CudaExecutor::plan_conv(Plan& plan, std::vector<Value>& values, std::size_t
              where);
   int pick = -1;
   for (int k = 0; k < returned; ++k) {
-    if (perf[k].status == CUDNN_STATUS_SUCCESS && perf[k].memory <= kMaxWorkspace) {
+    const bool exact_fp32 = perf[k].mathType == CUDNN_FMA_MATH;  // no TF32 in f32 mode
+    if (perf[k].status == CUDNN_STATUS_SUCCESS && perf[k].memory <= kMaxWorkspace &&
+        (half_ || exact_fp32)) {
       pick = k;
       break;
     }
   }
   INSTANTID_CHECK(pick >= 0, where, ": cuDNN found no forward algorithm for input ",
                   shape_string(x.shape), " and weight ", shape_string(w.shape));
+  // The algorithm was timed under the math type cuDNN reports with it; calling it under another
+  // one can fail with CUDNN_STATUS_BAD_PARAM.
+  ONNX_CUDNN(cudnnSetConvolutionMathType(d->conv, perf[pick].mathType), cw);
   const cudnnConvolutionFwdAlgo_t algo = perf[pick].algo;
   const std::size_t ws_bytes = perf[pick].memory;
   ensure_workspace(ws_bytes, where);

@@ -201,12 +201,18 @@ TEST_CASE("CUDA graph replay gives the same outputs as plain launches", "[onnx][
     launches.cuda_graph = false;
     Executor plain = Executor::from_bytes(bytes, "iresnet_small.onnx", launches);
     Executor graph = Executor::from_bytes(bytes, "iresnet_small.onnx", cuda_options(dtype));
-    const auto want = plain.run({x});
-    for (int rep = 0; rep < 3; ++rep) {  // first run records the graph, the others replay it
+    // Within one executor the algorithms are fixed: its first run is plain launches (then
+    // recorded), the later runs replay the graph, and must agree bit for bit.
+    const auto first = graph.run({x});
+    for (int rep = 0; rep < 3; ++rep) {
       const auto got = graph.run({x});
       CAPTURE(instantid::dtype_name(dtype), rep);
-      CHECK(got[0].values() == want[0].values());
+      CHECK(got[0].values() == first[0].values());
     }
+    // Another executor may time cuDNN to other algorithms: equal within rounding.
+    const auto want = plain.run({x});
+    CAPTURE(instantid::dtype_name(dtype));
+    CHECK(t::compare(first[0], want[0]).rel_l2 <= (dtype == DType::kF32 ? 1e-5 : 1e-2));
   }
 }
 
