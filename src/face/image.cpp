@@ -2,6 +2,9 @@
 
 #include <stb/stb_image.h>
 
+// src/face/stb_image_bounded.c: the largest single allocation stb_image may make on this thread.
+extern "C" void instantid_stbi_set_max_allocation(std::size_t bytes);
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -244,6 +247,13 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
   int got_w = 0;
   int got_h = 0;
   int got_comp = 0;
+  // No legitimate buffer of stb_image exceeds 16 bytes per (padded) pixel: 16-bit RGBA PNG rows,
+  // progressive JPEG coefficients. A corrupt zlib stream would otherwise grow without bound.
+  struct AllocationBound {
+    explicit AllocationBound(std::size_t bytes) { instantid_stbi_set_max_allocation(bytes); }
+    ~AllocationBound() { instantid_stbi_set_max_allocation(std::size_t{1} << 30); }
+  } bound(16 * (static_cast<std::size_t>(w) + 16) * (static_cast<std::size_t>(h) + 16) +
+          (std::size_t{1} << 20));
   std::unique_ptr<stbi_uc, void (*)(void*)> rgb(
       stbi_load_from_memory(data, length, &got_w, &got_h, &got_comp, 3), stbi_image_free);
   if (!rgb) {

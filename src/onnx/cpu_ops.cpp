@@ -376,6 +376,10 @@ Tensor resize(const Node& node, std::int64_t opset, const std::vector<const Tens
   in4.insert(in4.end(), x.shape.begin(), x.shape.end());
   out4.insert(out4.end(), plan.out.begin(), plan.out.end());
   sc4.insert(sc4.end(), plan.scales.begin(), plan.scales.end());
+  // Allocated (and so checked against the element limit) before the per-axis maps, which would
+  // otherwise be built for any axis length (fuzz_onnx: 1 GB of map for a refused output).
+  Tensor y = Tensor::floats(plan.out);
+  if (y.f.empty()) return y;
   std::vector<std::vector<std::int64_t>> map(4);
   for (std::size_t d = 0; d < 4; ++d) {
     for (std::int64_t o = 0; o < out4[d]; ++o) {
@@ -384,7 +388,6 @@ Tensor resize(const Node& node, std::int64_t opset, const std::vector<const Tens
       map[d].push_back(std::min(std::max<std::int64_t>(v, 0), in4[d] - 1));
     }
   }
-  Tensor y = Tensor::floats(plan.out);
   std::size_t k = 0;
   for (std::int64_t a = 0; a < out4[0]; ++a) {
     for (std::int64_t b = 0; b < out4[1]; ++b) {
