@@ -14,6 +14,7 @@
 
 #include "formats.hpp"
 #include "instantid/error.hpp"
+#include "support/test_data.hpp"
 #include "instantid/face/image.hpp"
 
 namespace fmt = instantid::test::formats;
@@ -76,6 +77,16 @@ TEST_CASE("image: a JPEG frame header claiming 65535 x 65535 is refused", "[host
   for (std::size_t k : {5u, 6u, 7u, 8u}) jpeg[sof + k] = '\xff';
   CHECK_THAT(refusal([&] { face::decode_image(jpeg, "huge.jpg"); }),
              Contains("65535x65535") && Contains("DecodeOptions"));
+}
+
+TEST_CASE("image: a PNG whose zlib stream runs past its end is refused, not inflated to GBs",
+          "[hostile]") {
+  // fuzz_image's finding: stb_image 2.27 read zeros past the stream's end and asked for 1.4 GB.
+  const std::string png = instantid::test::read_file(
+      std::string(INSTANTID_SOURCE_DIR) + "/tests/fuzz/regressions/image/png_zlib_bomb");
+  REQUIRE(png.size() == 252);
+  CHECK_THAT(refusal([&] { face::decode_image(png, "bomb.png"); }),
+             Contains("bomb.png") && Contains("outofmem"));
 }
 
 TEST_CASE("image: the size limits are configurable", "[hostile]") {
