@@ -449,6 +449,42 @@ TEST_CASE("demo runs the real pipeline: face -> embedding -> patch -> steps", "[
   }
 }
 
+TEST_CASE("embed --sdcpp-id-embeds writes stable-diffusion.cpp's id_embeds", "[cli][embed]") {
+  const std::string models = instantid::test::shared_path("models");
+  const std::string image = instantid::test::shared_path("faces/astronaut.png");
+  const std::string coffee = instantid::test::shared_path("faces/no_face_coffee.png");
+  if (models.empty() || image.empty() || coffee.empty()) {
+    WARN("shared/models or shared/faces absent (set INSTANTID_SHARED_DIR): embed not run");
+    return;
+  }
+  const std::string embeds = temp_dir() + "/embed_out.safetensors";
+  const std::string bin = temp_dir() + "/id_embeds.bin";
+  const std::string st = temp_dir() + "/id_embeds.safetensors";
+  Result r = run({"embed", "--models", models, "--out", embeds, "--sdcpp-id-embeds", bin, image,
+                  image});
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const HostTensor expected = instantid::cli::read_tensors(embeds).at("embeds");
+  const HostTensor written =
+      instantid::cli::read_sdcpp_id_embeds_bytes(instantid::test::read_file(bin), bin);
+  CHECK(written.shape() == expected.shape());
+  CHECK(written.values() == expected.values());
+  CHECK(written.size(0) == 2);
+
+  r = run({"embed", "--models", models, "--sdcpp-id-embeds", st, image});
+  REQUIRE(r.code == 0);
+  const HostTensor one = instantid::cli::read_tensors(st).at("id_embeds");
+  CHECK(one.size(0) == 1);
+  CHECK(std::vector<float>(one.values()) ==
+        std::vector<float>(expected.values().begin(), expected.values().begin() + one.size(1)));
+
+  // No face anywhere: exit 3 and no file.
+  const std::string none = temp_dir() + "/none.bin";
+  r = run({"embed", "--models", models, "--sdcpp-id-embeds", none, coffee});
+  CHECK(r.code == 3);
+  CHECK_FALSE(exists(none));
+}
+
 TEST_CASE("bench without a GPU fails clearly", "[cli][bench]") {
   if (instantid::test::gpu_available()) {
     WARN("a GPU is visible: the no-GPU message is not checked");

@@ -14,6 +14,7 @@
 #include "instantid/face/analysis.hpp"
 #include "instantid/face/image.hpp"
 #include "instantid/face/safetensors_writer.hpp"
+#include "commands/sdcpp_id_embeds.hpp"
 
 namespace instantid::cli {
 namespace {
@@ -25,6 +26,8 @@ constexpr const char* kEmbedUsage =
     "  as ComfyUI_InstantID does. DIR is an insightface model folder (antelopev2, buffalo_l, ...).\n"
     "  --det-size S   only try detection size S (multiple of 32); default: 640, 576, ..., 192 until a face is found\n"
     "  --out FILE     write tensor `embeds` [N_found, D] float32 (safetensors)\n"
+    "  --sdcpp-id-embeds FILE  also write the embeddings for stable-diffusion.cpp PhotoMaker v2:\n"
+    "                 id_embeds.bin, or id_embeds.safetensors when FILE ends in .safetensors\n"
     "  --json         print {\"images\": [...]} with boxes, scores, keypoints and embeddings\n"
     "  exit codes: 0 ok, 1 failure, 2 bad command line, 3 no face in at least one image\n";
 
@@ -33,6 +36,7 @@ struct EmbedArgs {
   Device device{};
   std::vector<int> sizes = face::kComfyDetSizes;
   std::string out;
+  std::string sdcpp_id_embeds;
   bool json = false;
   std::vector<std::string> images;
 };
@@ -99,6 +103,8 @@ EmbedArgs parse_args(const std::vector<std::string>& args, bool* help) {
       a.sizes = {s};
     } else if (arg == "--out") {
       a.out = take();
+    } else if (arg == "--sdcpp-id-embeds") {
+      a.sdcpp_id_embeds = take();
     } else if (arg == "--json") {
       if (has_inline) throw UsageProblem{"--json takes no value"};
       a.json = true;
@@ -173,6 +179,13 @@ int run_embed(const std::vector<std::string>& args, std::ostream& out, std::ostr
     }
     if (!a.out.empty()) {
       face::write_safetensors(a.out, {{"embeds", {found, dim}, embeds}});
+    }
+    if (!a.sdcpp_id_embeds.empty()) {
+      if (found == 0) {
+        err << "instantid embed: " << a.sdcpp_id_embeds << ": not written, no face in any image\n";
+      } else {
+        write_sdcpp_id_embeds(a.sdcpp_id_embeds, HostTensor({found, dim}, embeds));
+      }
     }
     if (a.json) out << nlohmann::json{{"images", images}}.dump() << "\n";
     return missing ? kExitNoFace : kExitOk;
