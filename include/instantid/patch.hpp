@@ -3,7 +3,9 @@
 // (spec instantid_patch.md §2–§6).
 //
 //   InstantIDModel model = InstantIDModel::load("ip-adapter.bin");
-//   AttentionPatch patch(model, face_embeds /*[N,512]*/, PatchOptions{.weight = 0.8f});
+//   PatchOptions options;
+//   options.weight = 0.8f;
+//   AttentionPatch patch(model, face_embeds /*[N,512]*/, options);
 //   // at every attn2 of every step:
 //   patch.attention(AttentionCall{q, k, v, out, layer_id, sigma, cond_or_uncond, G, oh, ow});
 //
