@@ -23,18 +23,7 @@ start=$SECONDS
 phase() { echo "== [$((SECONDS - start)) s] $*"; }
 
 # ---- Tools -----------------------------------------------------------------------------------
-bash tools/setup-debian.sh
-tools=(clang libclang-rt-14-dev llvm)
-missing=()
-for p in "${tools[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+bash tools/setup-debian.sh clang libclang-rt-14-dev llvm
 symbolizer=$(command -v llvm-symbolizer || command -v llvm-symbolizer-14 || true)
 export ASAN_SYMBOLIZER_PATH=${symbolizer}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1}
