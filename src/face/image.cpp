@@ -14,6 +14,7 @@ extern "C" void instantid_stbi_set_max_allocation(std::size_t bytes);
 #include <memory>
 
 #include "instantid/error.hpp"
+#include "jpeg_decoder.hpp"
 
 namespace instantid::face {
 
@@ -100,8 +101,42 @@ std::size_t jpeg_scan_start(const std::uint8_t* data, std::size_t size) {
   return 0;
 }
 
-// JPEG data must hold an end-of-image marker after its first scan. stb_image decodes truncated
-// scans into grey garbage without complaint; PIL refuses them ("image file is truncated").
+// Width and height of the first frame header (SOF0..SOF15 but DHT, JPG, DAC), or false if the
+// marker walk fails before one. libjpeg refuses sides over 65500 with its own message; this lets
+// decode_image apply DecodeOptions first, from the header alone, as for PNG.
+bool jpeg_frame_size(const std::uint8_t* data, std::size_t size, std::int64_t* width,
+                     std::int64_t* height) {
+  std::size_t pos = 2;
+  while (pos + 4 <= size) {
+    if (data[pos] != 0xFF) return false;
+    const std::uint8_t marker = data[pos + 1];
+    if (marker == 0xFF) {
+      ++pos;
+      continue;
+    }
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {
+      pos += 2;
+      continue;
+    }
+    if (marker == 0xDA || marker == 0xD9) return false;
+    const std::size_t length = read_u16(data + pos + 2, true);
+    if (length < 2 || pos + 2 + length > size) return false;
+    const bool frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 &&
+                       marker != 0xCC;
+    if (frame) {
+      if (length < 7) return false;
+      *height = read_u16(data + pos + 5, true);
+      *width = read_u16(data + pos + 7, true);
+      return true;
+    }
+    pos += 2 + length;
+  }
+  return false;
+}
+
+// JPEG data must hold an end-of-image marker after its first scan. PIL refuses truncated files
+// ("image file is truncated"); libjpeg would fill the missing rows with grey. (The decoder also
+// refuses data that ends early, jpeg_decoder.cpp; this check names the cause from the bytes alone.)
 bool jpeg_has_end_after_scan(const std::uint8_t* data, std::size_t size) {
   const std::size_t start = jpeg_scan_start(data, size);
   if (start == 0) return false;
@@ -121,7 +156,7 @@ bool png_has_iend(const std::uint8_t* data, std::size_t size) {
   return false;
 }
 
-// Formats stb_image also reads but the pipeline does not accept (ComfyUI loads images with PIL,
+// Formats stb_image also reads (JPEG is decoded by libjpeg-turbo) but the pipeline does not accept (ComfyUI loads images with PIL,
 // which treats them differently: GIF palettes/frames, PSD layers, HDR float data).
 const char* unsupported_format(const std::uint8_t* data, std::size_t size) {
   auto starts = [&](const char* magic) {
@@ -216,6 +251,25 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
                                options.max_pixels, " pixels (DecodeOptions)"));
     }
   };
+  if (is_jpeg(data, size)) {
+    // libjpeg-turbo with PIL's settings (jpeg_decoder.cpp); stb_image is compiled without JPEG.
+    std::int64_t frame_w = 0;
+    std::int64_t frame_h = 0;
+    if (jpeg_frame_size(data, size, &frame_w, &frame_h)) check_dimensions(frame_w, frame_h);
+    Image image = detail::decode_jpeg(data, size, name, [&](int w, int h) {
+      check_dimensions(w, h);
+      if (!jpeg_has_end_after_scan(data, size)) {
+        throw Error(make_message("decode_image: ", name, ": JPEG data is truncated: got ", size,
+                                 " bytes without an end-of-image marker after the scan, expected a "
+                                 "complete file"));
+      }
+    });
+    if (options.apply_exif_orientation) {
+      const int orientation = jpeg_exif_orientation(data, size);
+      if (orientation != 1) image = apply_exif_orientation(image, orientation);
+    }
+    return image;
+  }
   // PNG dimensions straight from IHDR: stb_image refuses images over 1 GiB with a vague reason.
   if (is_png(data, size) && size >= 24) {
     check_dimensions(read_u32(data + 16, true), read_u32(data + 20, true));
@@ -225,21 +279,15 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
   int comp = 0;
   if (stbi_info_from_memory(data, length, &w, &h, &comp) == 0) {
     const char* reason = stbi_failure_reason();
-    if (is_jpeg(data, size) || is_png(data, size)) {
-      throw Error(make_message("decode_image: ", name, ": ", is_jpeg(data, size) ? "JPEG" : "PNG",
-                               " header is corrupt or truncated (", reason ? reason : "unknown",
-                               "), got ", size, " bytes"));
+    if (is_png(data, size)) {
+      throw Error(make_message("decode_image: ", name, ": PNG header is corrupt or truncated (",
+                               reason ? reason : "unknown", "), got ", size, " bytes"));
     }
     throw Error(make_message("decode_image: ", name, ": unknown image format (", size,
                              " bytes, first bytes not a JPEG/PNG/BMP/TGA signature), expected JPEG, "
                              "PNG, BMP or TGA"));
   }
   check_dimensions(w, h);
-  if (is_jpeg(data, size) && !jpeg_has_end_after_scan(data, size)) {
-    throw Error(make_message("decode_image: ", name, ": JPEG data is truncated: got ", size,
-                             " bytes without an end-of-image marker after the scan, expected a "
-                             "complete file"));
-  }
   if (is_png(data, size) && !png_has_iend(data, size)) {
     throw Error(make_message("decode_image: ", name, ": PNG data is truncated: got ", size,
                              " bytes without an IEND chunk, expected a complete file"));
@@ -247,8 +295,8 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
   int got_w = 0;
   int got_h = 0;
   int got_comp = 0;
-  // No legitimate buffer of stb_image exceeds 16 bytes per (padded) pixel: 16-bit RGBA PNG rows,
-  // progressive JPEG coefficients. A corrupt zlib stream would otherwise grow without bound.
+  // No legitimate buffer of stb_image exceeds 16 bytes per (padded) pixel (16-bit RGBA PNG rows).
+  // A corrupt zlib stream would otherwise grow without bound.
   struct AllocationBound {
     explicit AllocationBound(std::size_t bytes) { instantid_stbi_set_max_allocation(bytes); }
     ~AllocationBound() { instantid_stbi_set_max_allocation(std::size_t{1} << 30); }
@@ -264,12 +312,7 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
   }
   INSTANTID_CHECK(got_w == w && got_h == h, "decode_image: ", name, ": decoded size: got ", got_w,
                   "x", got_h, ", expected the header's ", w, "x", h);
-  Image image = image_from_u8(rgb.get(), h, w, ChannelOrder::kRgb);
-  if (options.apply_exif_orientation) {
-    const int orientation = jpeg_exif_orientation(data, size);
-    if (orientation != 1) image = apply_exif_orientation(image, orientation);
-  }
-  return image;
+  return image_from_u8(rgb.get(), h, w, ChannelOrder::kRgb);  // EXIF orientation: JPEG only
 }
 
 Image load_image(const std::string& path, const DecodeOptions& options) {

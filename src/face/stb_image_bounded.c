@@ -5,7 +5,10 @@
  * png_zlib_bomb). decode_image() sets the bound from the header's dimensions before decoding; a
  * request over it fails and stb reports "outofmem", which decode_image turns into an Error.
  * The symbols defined here take precedence over libstb.so's for everything linking
- * instantid_face (static archive members resolve first). */
+ * instantid_face (static archive members resolve first).
+ * JPEG is not compiled in (STBI_NO_JPEG): fuzz_image found an out-of-bounds read in stb 2.27's
+ * JPEG decoder (tests/fuzz/regressions/image/stb_jpeg_decode_block_oob); decode_image decodes
+ * JPEG with libjpeg-turbo instead (jpeg_decoder.cpp). */
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -24,5 +27,6 @@ static void* bounded_realloc(void* p, size_t bytes) {
 #define STBI_MALLOC(bytes) bounded_malloc(bytes)
 #define STBI_REALLOC(p, bytes) bounded_realloc(p, bytes)
 #define STBI_FREE(p) free(p)
+#define STBI_NO_JPEG
 #define STB_IMAGE_IMPLEMENTATION
 #include <stb/stb_image.h>

@@ -54,7 +54,6 @@ TEST_CASE("norm_crop of real photographs: exact with skimage's matrix, ±1 LSB w
       continue;
     }
     const Image img = load_image(path);
-    const bool png = name.size() > 4 && name.substr(name.size() - 4) == ".png";
     for (const auto& [det, per] : photo.at("detectors").items()) {
       if (!per.contains("selected")) continue;
       const auto& sel = per.at("selected");
@@ -78,16 +77,10 @@ TEST_CASE("norm_crop of real photographs: exact with skimage's matrix, ±1 LSB w
       }
       INFO(name << " / " << det << ": " << diff_exact << " values differ with skimage's matrix, "
                 << diff_ours << " (max " << max_ours << ") with ours");
-      if (png) {
-        CHECK(diff_exact == 0);  // same decoded pixels: warpAffine must be bit-exact
-        CHECK(diff_ours == 0);  // our Umeyama reproduces skimage's matrix bit for bit
-      } else {
-        // JPEG: stb_image and libjpeg-turbo decode slightly differently; report how much.
-        WARN(name << " / " << det << " (JPEG decoded by stb_image, golden by libjpeg-turbo): "
-                  << diff_ours << " of " << golden.pixels.size() << " crop values differ, max "
-                  << max_ours);
-        CHECK(max_ours <= 4);
-      }
+      // Same decoded pixels as the goldens' cv2.imread (JPEG too: libjpeg-turbo with the same
+      // settings), so warpAffine must be bit-exact and our Umeyama reproduces skimage's matrix.
+      CHECK(diff_exact == 0);
+      CHECK(diff_ours == 0);
     }
   }
 }

@@ -90,8 +90,9 @@ TEST_CASE("letterbox sizes and det_scale follow insightface", "[face][imgproc]")
 }
 
 TEST_CASE("letterbox of real photographs is bit-exact at every detection size", "[face][imgproc][shared]") {
-  // PNGs only: JPEG decoders (stb vs libjpeg-turbo) differ by design, see docs/face.md.
-  for (const std::string name : {"astronaut.png", "kaifu_resize.png", "no_face_coffee.png"}) {
+  for (const std::string name : {"astronaut.png", "kaifu_resize.png", "no_face_coffee.png",
+                                 "musk_resize.jpeg", "pose.jpg", "pose2.jpg",
+                                 "yann-lecun_resize.jpg"}) {
     const std::string path = itest::shared_path("faces/" + name);
     if (path.empty()) {
       WARN("shared/faces/" << name << " absent: letterbox check skipped");
