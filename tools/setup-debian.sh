@@ -4,7 +4,7 @@
 # The CUDA toolkit (nvcc, cuBLAS, cuDNN) is whatever the machine came with; without it the CUDA
 # backend is simply not built (INSTANTID_CUDA=AUTO).
 set -euo pipefail
-packages=(build-essential cmake pkg-config libeigen3-dev catch2 libstb-dev libonnx-dev
+packages=(build-essential cmake pkg-config libeigen3-dev catch2 libstb-dev libjpeg-dev libonnx-dev
           libprotobuf-dev protobuf-compiler nlohmann-json3-dev libdlpack-dev "$@")
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,7 @@
-// libFuzzer target: image decoding (stb_image behind decode_image, header limits checked first)
-// and the JPEG EXIF orientation parser. Only instantid::Error may escape.
+// libFuzzer target: image decoding behind decode_image (JPEG: libjpeg-turbo, jpeg_decoder.cpp;
+// PNG/BMP/TGA: stb_image without its JPEG decoder; header limits checked first) and the JPEG EXIF
+// orientation parser. Only instantid::Error may escape. libjpeg-turbo is Debian's shared library,
+// not instrumented: coverage guides mutations through our code only (docs/reliability.md).
 
 #include <cstddef>
 #include <cstdint>
