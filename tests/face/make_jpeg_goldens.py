@@ -99,6 +99,14 @@ def main():
         files.append({"file": name, "golden": golden, "mode": mode,
                       "progressive": bool(decoded.info.get("progressive", 0)),
                       "w": shown.width, "h": shown.height, "bytes": len(data)})
+    # fuzz_image's stb_image crash input (not a fixture here: it is replayed from the fuzz
+    # regressions); PIL decodes it, with corrupt-data warnings, and so must we.
+    crash = os.path.join(OUT, "..", "..", "..", "fuzz", "regressions", "image",
+                         "stb_jpeg_decode_block_oob")
+    with open(crash, "rb") as f:
+        shown = ImageOps.exif_transpose(Image.open(io.BytesIO(f.read()))).convert("RGB")
+    shown.save(os.path.join(OUT, "stb_jpeg_decode_block_oob.pil.png"), "PNG")
+
     meta = {"pillow": PIL.__version__, "libjpeg_turbo": features.version("libjpeg_turbo"),
             "decode": "Image.open, ImageOps.exif_transpose, convert('RGB')", "files": files}
     with open(os.path.join(OUT, "jpeg_goldens.json"), "w") as f:

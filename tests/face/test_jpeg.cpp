@@ -225,3 +225,17 @@ TEST_CASE("Progressive JPEGs with more than kMaxJpegScans scans are refused", "[
              Catch::Contains("too_many.jpg: JPEG scans: got more than 1000") &&
                  Catch::Contains("expected at most 1000"));
 }
+
+TEST_CASE("The input that crashed stb_image's JPEG decoder decodes like PIL", "[face][image][jpeg]") {
+  // fuzz_image's finding in Debian's stb_image 2.27 (stbi__jpeg_decode_block read out of bounds):
+  // a 9x6 JPEG whose quantisation table segment carries junk and whose "Exif\x04\0" block is not
+  // Exif (ignored, as PIL does). libjpeg-turbo decodes it; PIL's pixels are the golden.
+  const std::string bytes =
+      itest::read_file(itest::data_path("../fuzz/regressions/image/stb_jpeg_decode_block_oob"));
+  REQUIRE(bytes.size() == 715);
+  const Image img = decode_image(bytes, "stb_crash.jpg");
+  const Image pil = load_image(jpeg_path("stb_jpeg_decode_block_oob.pil.png"));
+  REQUIRE(img.width == 9);
+  REQUIRE(img.height == 6);
+  CHECK(img.pixels == pil.pixels);
+}
