@@ -97,6 +97,7 @@ TEST_CASE("FaceAnalysis on real models agrees with onnxruntime + insightface pro
     CHECK(fa.recognizer().normalization().mean == 127.5f);
 
     double worst_px = 0.0;
+    double worst_score = 0.0;
     double worst_cos = 1.0;
     for (const auto& [name, photo] : goldens().at("photos").items()) {
       const std::string path = itest::shared_path("faces/" + name);
@@ -125,23 +126,27 @@ TEST_CASE("FaceAnalysis on real models agrees with onnxruntime + insightface pro
         for (std::size_t k = 0; k < 4; ++k) {
           const double d = std::abs(r.faces[i].bbox[k] - want.at("bbox")[i][k].get<double>());
           worst_px = std::max(worst_px, d);
-          CHECK(d <= 0.5);
+          CHECK(d <= 0.01);
         }
         for (std::size_t k = 0; k < 10; ++k) {
           const double d = std::abs(r.faces[i].kps[k] - want.at("kps")[i][k].get<double>());
           worst_px = std::max(worst_px, d);
-          CHECK(d <= 0.5);
+          CHECK(d <= 0.01);
         }
-        CHECK(std::abs(r.faces[i].score - want.at("score")[i].get<double>()) <= 2e-3);
+        const double ds = std::abs(r.faces[i].score - want.at("score")[i].get<double>());
+        worst_score = std::max(worst_score, ds);
+        CHECK(ds <= 1e-5);
       }
       const std::vector<float> golden_emb = sel.at("embedding").get<std::vector<float>>();
       REQUIRE(r.embedding.size() == golden_emb.size());
       const double cos = cosine_similarity(r.embedding, golden_emb);
       worst_cos = std::min(worst_cos, cos);
-      CHECK(cos >= 0.999);
+      CHECK(cos >= 0.99999);
     }
-    WARN(det << ": worst box/keypoint difference " << worst_px << " px, worst embedding cosine "
-             << worst_cos << " (vs onnxruntime + OpenCV)");
+    // Bounds: JPEGs decode exactly like cv2/PIL (libjpeg-turbo), so what is left is our executor's
+    // summation order vs onnxruntime's; measured about 2e-4 px, 1.2e-7 score, 1 - cos 1e-6.
+    WARN(det << ": worst box/keypoint difference " << worst_px << " px, score " << worst_score
+             << ", worst embedding 1 - cosine " << 1.0 - worst_cos << " (vs onnxruntime + OpenCV)");
   }
 }
 
