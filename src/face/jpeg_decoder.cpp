@@ -60,7 +60,7 @@ void on_progress(j_common_ptr cinfo) {
   const auto* dinfo = reinterpret_cast<j_decompress_ptr>(cinfo);
   if (dinfo->input_scan_number > kMaxJpegScans) {
     ErrorState& state = state_of(cinfo);
-    std::snprintf(state.message, sizeof(state.message), "%d scans read", dinfo->input_scan_number);
+    std::snprintf(state.message, sizeof(state.message), "%d", dinfo->input_scan_number);
     state.too_many_scans = true;
     std::longjmp(state.jump, 1);
   }
@@ -137,9 +137,9 @@ Image decode_jpeg(const std::uint8_t* data, std::size_t size, const std::string&
                                 ", expected a complete file"));
     }
     if (error.too_many_scans) {
-      return Error(make_message("decode_image: ", name, ": JPEG scans: got more than ",
-                                kMaxJpegScans, " (", error.message, "), expected at most ",
-                                kMaxJpegScans, " (a progressive file of many scans costs minutes)"));
+      return Error(make_message("decode_image: ", name, ": JPEG scans: got ", error.message,
+                                " (reading stopped there), expected at most ", kMaxJpegScans,
+                                " (each scan walks the whole image)"));
     }
     return Error(make_message("decode_image: ", name, ": JPEG ", stage, " is corrupt (libjpeg-turbo: ",
                               error.message, "): got ", size,
