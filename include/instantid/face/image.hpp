@@ -41,9 +41,10 @@ struct DecodeOptions {
   bool apply_exif_orientation = true;              // JPEG APP1 Exif orientation tag, like PIL's exif_transpose
 };
 
-// Decodes a JPEG, PNG, BMP or TGA file (stb_image) into BGR. Grey and RGBA inputs become 3-channel
-// (alpha dropped). `name` only labels error messages. Truncated JPEG/PNG data, unknown formats,
-// empty input and dimensions over the limits throw instantid::Error.
+// Decodes a JPEG (libjpeg-turbo, with PIL's settings), PNG, BMP or TGA (stb_image) file into BGR.
+// Grey, CMYK and RGBA inputs become 3-channel (alpha dropped). `name` only labels error messages.
+// Truncated JPEG/PNG data, unknown formats, empty input and dimensions over the limits throw
+// instantid::Error.
 Image decode_image(const std::string& bytes, const std::string& name,
                    const DecodeOptions& options = {});
 Image load_image(const std::string& path, const DecodeOptions& options = {});
