@@ -1,10 +1,11 @@
 #include "jpeg_decoder.hpp"
 
 #include <csetjmp>
-#include <cstdio>  // jpeglib.h needs FILE
+#include <cstdio>  // before jpeglib.h, which uses FILE
 #include <cstring>
 #include <vector>
 
+// After <cstdio>.
 #include <jerror.h>
 #include <jpeglib.h>
 
@@ -21,7 +22,7 @@ struct ErrorState {
   jpeg_error_mgr manager;  // first member: libjpeg passes &manager as cinfo->err
   std::jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
-  bool truncated;      // the data ended early (libjpeg's memory source hit its end)
+  bool truncated;  // the data ended early (libjpeg's memory source hit its end)
   bool too_many_scans;
 };
 
@@ -99,12 +100,18 @@ void cmyk_row_to_bgr(const std::uint8_t* cmyk, int width, std::uint8_t* bgr) {
 
 const char* color_space_name(J_COLOR_SPACE space) {
   switch (space) {
-    case JCS_GRAYSCALE: return "grayscale";
-    case JCS_RGB: return "RGB";
-    case JCS_YCbCr: return "YCbCr";
-    case JCS_CMYK: return "CMYK";
-    case JCS_YCCK: return "YCCK";
-    default: return "unknown";
+    case JCS_GRAYSCALE:
+      return "grayscale";
+    case JCS_RGB:
+      return "RGB";
+    case JCS_YCbCr:
+      return "YCbCr";
+    case JCS_CMYK:
+      return "CMYK";
+    case JCS_YCCK:
+      return "YCCK";
+    default:
+      return "unknown";
   }
 }
 
@@ -141,8 +148,8 @@ Image decode_jpeg(const std::uint8_t* data, std::size_t size, const std::string&
                                 " (reading stopped there), expected at most ", kMaxJpegScans,
                                 " (each scan walks the whole image)"));
     }
-    return Error(make_message("decode_image: ", name, ": JPEG ", stage, " is corrupt (libjpeg-turbo: ",
-                              error.message, "): got ", size,
+    return Error(make_message("decode_image: ", name, ": JPEG ", stage,
+                              " is corrupt (libjpeg-turbo: ", error.message, "): got ", size,
                               " bytes, expected a decodable baseline or progressive JPEG"));
   };
 
@@ -167,18 +174,17 @@ Image decode_jpeg(const std::uint8_t* data, std::size_t size, const std::string&
   // BGR straight from libjpeg-turbo's colour converter (the same arithmetic as its RGB output,
   // channels swapped); CMYK (YCCK converted by libjpeg) is turned into BGR below, like PIL.
   cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_EXT_BGR;
-  cinfo.dct_method = JDCT_ISLOW;        // PIL's default (no draft mode)
-  cinfo.do_fancy_upsampling = TRUE;     // PIL's default: triangular chroma upsampling
-  cinfo.do_block_smoothing = TRUE;      // libjpeg's default for progressive files, as PIL leaves it
+  cinfo.dct_method = JDCT_ISLOW;     // PIL's default (no draft mode)
+  cinfo.do_fancy_upsampling = TRUE;  // PIL's default: triangular chroma upsampling
+  cinfo.do_block_smoothing = TRUE;   // libjpeg's default for progressive files, as PIL leaves it
   cinfo.scale_num = 1;
   cinfo.scale_denom = 1;
   // Everything libjpeg allocates (a progressive file keeps all coefficients: 2 bytes × 64 per
   // block and component) stays under 16 bytes per padded pixel, as for stb_image; there is no
   // backing store, so a larger request fails with an error instead of growing.
-  cinfo.mem->max_memory_to_use =
-      static_cast<long>(16 * (static_cast<std::size_t>(width) + 16) *
-                            (static_cast<std::size_t>(height) + 16) +
-                        (std::size_t{16} << 20));
+  cinfo.mem->max_memory_to_use = static_cast<long>(16 * (static_cast<std::size_t>(width) + 16) *
+                                                       (static_cast<std::size_t>(height) + 16) +
+                                                   (std::size_t{16} << 20));
 
   auto start = [&] { jpeg_start_decompress(&cinfo); };
   if (!guarded(error, start)) throw failure("scan data");
@@ -186,8 +192,8 @@ Image decode_jpeg(const std::uint8_t* data, std::size_t size, const std::string&
   if (static_cast<int>(cinfo.output_width) != width ||
       static_cast<int>(cinfo.output_height) != height || cinfo.output_components != components) {
     throw Error(make_message("decode_image: ", name, ": JPEG output: got ", cinfo.output_width, "x",
-                             cinfo.output_height, "x", cinfo.output_components, ", expected the header's ",
-                             width, "x", height, "x", components));
+                             cinfo.output_height, "x", cinfo.output_components,
+                             ", expected the header's ", width, "x", height, "x", components));
   }
 
   Image image(width, height, 3);

@@ -2,15 +2,13 @@
 // and its refusals: data ending early, too many scans, unsupported colour spaces.
 // Fixtures and goldens: tests/face/make_jpeg_goldens.py (Pillow, outside CI).
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "face/jpeg_decoder.hpp"
 #include "face_test_util.hpp"
@@ -19,8 +17,8 @@
 #include "support/test_data.hpp"
 
 namespace itest = instantid::test;
-using instantid::face::DecodeOptions;
 using instantid::face::decode_image;
+using instantid::face::DecodeOptions;
 using instantid::face::Image;
 using instantid::face::load_image;
 
@@ -107,8 +105,8 @@ TEST_CASE("JPEG decoding matches PIL (ComfyUI's loader) pixel for pixel", "[face
     // Reported so the parity is visible in the log, and required to be exact.
     WARN(file << ": " << differ << " of " << ours.pixels.size()
               << " values differ from PIL (Pillow " << g.at("pillow").get<std::string>()
-              << ", libjpeg-turbo " << g.at("libjpeg_turbo").get<std::string>()
-              << "), max " << worst);
+              << ", libjpeg-turbo " << g.at("libjpeg_turbo").get<std::string>() << "), max "
+              << worst);
     CHECK(differ == 0);
   }
 }
@@ -162,7 +160,8 @@ TEST_CASE("JPEG corrupt-data warnings decode like PIL; errors are clear", "[face
   const auto segments = split_jpeg(jpeg);
   SECTION("entropy data cut short by a marker: the rest is grey, as PIL returns it") {
     std::vector<Segment> cut = segments;
-    auto scan = std::find_if(cut.begin(), cut.end(), [](const Segment& s) { return s.marker == 0xDA; });
+    auto scan =
+        std::find_if(cut.begin(), cut.end(), [](const Segment& s) { return s.marker == 0xDA; });
     REQUIRE(scan != cut.end());
     scan->bytes.resize(scan->bytes.size() / 2);
     // The last byte before EOI must not be a lone 0xFF: drop a stuffing pair if the cut made one.
@@ -177,35 +176,40 @@ TEST_CASE("JPEG corrupt-data warnings decode like PIL; errors are clear", "[face
   }
   SECTION("a quantisation table id out of range is an error naming libjpeg's reason") {
     std::vector<Segment> bad = segments;
-    auto sof = std::find_if(bad.begin(), bad.end(), [](const Segment& s) { return s.marker == 0xC0; });
+    auto sof =
+        std::find_if(bad.begin(), bad.end(), [](const Segment& s) { return s.marker == 0xC0; });
     REQUIRE(sof != bad.end());
     sof->bytes[10 + 2] = '\x07';  // component 1's quantisation table: 7 (libjpeg accepts 0..3)
-    CHECK_THAT(refusal(join(bad), "bad_dqt.jpg"),
-               Catch::Contains("bad_dqt.jpg: JPEG") && Catch::Contains("libjpeg-turbo: ") &&
-                   Catch::Contains("expected a decodable"));
+    CHECK_THAT(refusal(join(bad), "bad_dqt.jpg"), Catch::Contains("bad_dqt.jpg: JPEG") &&
+                                                      Catch::Contains("libjpeg-turbo: ") &&
+                                                      Catch::Contains("expected a decodable"));
   }
   SECTION("a 2-component JPEG is refused by colour space") {
     std::string gray = itest::read_file(jpeg_path("grayscale.jpg"));
     std::vector<Segment> parts = split_jpeg(gray);
-    auto sof = std::find_if(parts.begin(), parts.end(), [](const Segment& s) { return s.marker == 0xC0; });
+    auto sof =
+        std::find_if(parts.begin(), parts.end(), [](const Segment& s) { return s.marker == 0xC0; });
     REQUIRE(sof != parts.end());
     REQUIRE(sof->bytes[9] == '\x01');
     sof->bytes[9] = '\x02';
     sof->bytes[3] = static_cast<char>(sof->bytes[3] + 3);  // length 11 → 14
     sof->bytes += std::string("\x02\x11\x00", 3);
-    CHECK_THAT(refusal(join(parts), "two.jpg"),
-               Catch::Contains("two.jpg: JPEG colour space: got unknown with 2 components, expected "
-                               "grayscale, YCbCr, RGB, CMYK or YCCK"));
+    CHECK_THAT(
+        refusal(join(parts), "two.jpg"),
+        Catch::Contains("two.jpg: JPEG colour space: got unknown with 2 components, expected "
+                        "grayscale, YCbCr, RGB, CMYK or YCCK"));
   }
   SECTION("SOF dimensions over DecodeOptions are refused before decoding") {
     DecodeOptions small;
     small.max_side = 63;
-    CHECK_THROWS_WITH(decode_image(jpeg, "big.jpg", small),
-                      Catch::Contains("big.jpg: image dimensions: got 64x48, expected sides in 1..63"));
+    CHECK_THROWS_WITH(
+        decode_image(jpeg, "big.jpg", small),
+        Catch::Contains("big.jpg: image dimensions: got 64x48, expected sides in 1..63"));
   }
 }
 
-TEST_CASE("Progressive JPEGs with more than kMaxJpegScans scans are refused", "[face][image][jpeg]") {
+TEST_CASE("Progressive JPEGs with more than kMaxJpegScans scans are refused",
+          "[face][image][jpeg]") {
   const std::string jpeg = itest::read_file(jpeg_path("progressive_420.jpg"));
   const auto segments = split_jpeg(jpeg);
   REQUIRE(std::count_if(segments.begin(), segments.end(),
@@ -213,7 +217,8 @@ TEST_CASE("Progressive JPEGs with more than kMaxJpegScans scans are refused", "[
   // Repeat the final scan (an AC refinement): libjpeg warns about a bogus progression and goes on.
   auto with_scans = [&](int extra) {
     std::vector<Segment> out = segments;
-    auto last = std::find_if(out.rbegin(), out.rend(), [](const Segment& s) { return s.marker == 0xDA; });
+    auto last =
+        std::find_if(out.rbegin(), out.rend(), [](const Segment& s) { return s.marker == 0xDA; });
     const Segment scan = *last;
     out.insert(last.base(), static_cast<std::size_t>(extra), scan);
     return join(out);
@@ -226,7 +231,8 @@ TEST_CASE("Progressive JPEGs with more than kMaxJpegScans scans are refused", "[
                              "expected at most 1000"));
 }
 
-TEST_CASE("The input that crashed stb_image's JPEG decoder decodes like PIL", "[face][image][jpeg]") {
+TEST_CASE("The input that crashed stb_image's JPEG decoder decodes like PIL",
+          "[face][image][jpeg]") {
   // fuzz_image's finding in Debian's stb_image 2.27 (stbi__jpeg_decode_block read out of bounds):
   // a 9x6 JPEG whose quantisation table segment carries junk and whose "Exif\x04\0" block is not
   // Exif (ignored, as PIL does). libjpeg-turbo decodes it; PIL's pixels are the golden.
