@@ -1,22 +1,37 @@
-// GPU Resampler: cuBLAS float32 GEMMs and the small kernels between them (spec §3).
-#include "cuda/resampler.hpp"
-
+// GPU Resampler: float32 GEMMs (skinny weight-streaming kernel or cuBLAS) and the small kernels
+// between them (spec §3).
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda/resampler.hpp"
 
 namespace instantid::cuda {
 
 namespace {
 
 constexpr int kNormThreads = 256;
-constexpr int kMaxKeys = 64;     // perceiver keys per batch row held in shared memory (T + 16)
+constexpr int kMaxKeys = 64;  // perceiver keys per batch row held in shared memory (T + 16)
 constexpr int kAttnDimHead = 64;
 
+// Programmatic dependent launch (sm_90+): every kernel of run() lets the next one start early
+// (the skinny GEMM prefetches weights meanwhile) and waits for the previous one to finish before
+// it touches activations. No-ops for a plain launch.
+__device__ __forceinline__ void chain_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // dst[r, :] = src[r % src_rows, :] for r < rows.
-__global__ void broadcast_rows_kernel(float* dst /*[rows, cols]*/, const float* src /*[src_rows, cols]*/,
-                                      int rows, int src_rows, int cols) {
+__global__ void broadcast_rows_kernel(float* dst /*[rows, cols]*/,
+                                      const float* src /*[src_rows, cols]*/, int rows, int src_rows,
+                                      int cols) {
+  chain_start();
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i >= static_cast<std::int64_t>(rows) * cols) return;
   const std::int64_t r = i / cols;
@@ -24,14 +39,33 @@ __global__ void broadcast_rows_kernel(float* dst /*[rows, cols]*/, const float* 
   dst[i] = src[(r % src_rows) * cols + c];
 }
 
-// LayerNorm (eps 1e-5, biased variance, two-pass in fp32) of each row of `in`. Row r goes to row
-// (r / group) * out_group_stride + out_offset + r % group of out, and of out2 (row r) when set.
-__global__ void layer_norm_kernel(const float* in /*[rows, cols]*/, const float* weight,
-                                  const float* bias, int cols, int group, int out_group_stride,
-                                  int out_offset, float* out, float* out2) {
+// One LayerNorm (eps 1e-5, biased variance, two-pass in fp32) over `rows` rows of `in`. Row r
+// goes to row (r / group) * out_group_stride + out_offset + r % group of out, and of out2 (row r)
+// when set.
+struct NormJob {
+  const float* in = nullptr;  // [rows, cols]
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  int rows = 0, group = 1, out_group_stride = 0, out_offset = 0;
+  float* out = nullptr;
+  float* out2 = nullptr;  // [rows, cols] or null
+};
+
+// Blocks [0, first.rows) normalise rows of `first`, the following ones rows of `second` (two
+// LayerNorms of one perceiver layer in one launch).
+__global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
+  chain_start();
   __shared__ float partial[kNormThreads / 32];
   __shared__ float stat;
-  const int r = blockIdx.x;
+  const bool is_first = static_cast<int>(blockIdx.x) < first.rows;
+  const NormJob& job = is_first ? first : second;
+  const int r = is_first ? static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x) - first.rows;
+  const float* in = job.in;
+  const float* weight = job.weight;
+  const float* bias = job.bias;
+  const int group = job.group;
+  float* out = job.out;
+  float* out2 = job.out2;
   const float* x = in + static_cast<std::int64_t>(r) * cols;
   auto block_sum = [&](float v) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -56,8 +90,8 @@ __global__ void layer_norm_kernel(const float* in /*[rows, cols]*/, const float*
     sq += d * d;
   }
   const float inv = rsqrtf(block_sum(sq) / static_cast<float>(cols) + 1e-5f);
-  const std::int64_t out_row = static_cast<std::int64_t>(r / group) * out_group_stride +
-                               out_offset + r % group;
+  const std::int64_t out_row =
+      static_cast<std::int64_t>(r / group) * job.out_group_stride + job.out_offset + r % group;
   for (int c = threadIdx.x; c < cols; c += kNormThreads) {
     const float y = (x[c] - mean) * inv * weight[c] + bias[c];
     out[out_row * cols + c] = y;
@@ -65,20 +99,13 @@ __global__ void layer_norm_kernel(const float* in /*[rows, cols]*/, const float*
   }
 }
 
-__global__ void gelu_erf_kernel(float* x, std::int64_t n) {
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) {
-    const float v = x[i];
-    x[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-  }
-}
-
 // Perceiver attention of one (batch row, head): 16 queries over keys = T input tokens then the
 // 16 latents; one warp per query, two dims per lane; scores and softmax in fp32.
 __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
                                            const float* kv /*[B*(T+16), 2*inner]*/,
-                                           float* out /*[B*16, inner]*/, int num_queries,
-                                           int keys, int inner, float scale) {
+                                           float* out /*[B*16, inner]*/, int num_queries, int keys,
+                                           int inner, float scale) {
+  chain_start();
   __shared__ float s_k[kMaxKeys][kAttnDimHead];
   __shared__ float s_v[kMaxKeys][kAttnDimHead];
   const int b = blockIdx.x;
@@ -95,8 +122,8 @@ __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
   }
   __syncthreads();
   for (int qi = warp; qi < num_queries; qi += warps) {
-    const float* qrow = q + (static_cast<std::int64_t>(b) * num_queries + qi) * inner +
-                        h * kAttnDimHead;
+    const float* qrow =
+        q + (static_cast<std::int64_t>(b) * num_queries + qi) * inner + h * kAttnDimHead;
     const float q0 = qrow[lane], q1 = qrow[lane + 32];
     float scores[kMaxKeys];
     float m = -INFINITY;
@@ -113,8 +140,8 @@ __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
       o0 += p * s_v[j][lane];
       o1 += p * s_v[j][lane + 32];
     }
-    float* orow = out + (static_cast<std::int64_t>(b) * num_queries + qi) * inner +
-                  h * kAttnDimHead;
+    float* orow =
+        out + (static_cast<std::int64_t>(b) * num_queries + qi) * inner + h * kAttnDimHead;
     orow[lane] = o0 / l;
     orow[lane + 32] = o1 / l;
   }
@@ -124,12 +151,75 @@ unsigned blocks_for(std::int64_t n, int threads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
 
+// Launches kernel, as a programmatic dependent launch when `programmatic`.
+template <typename... Params, typename... Args>
+void launch(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block,
+            cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = programmatic ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&config, kernel, args...), "GpuResampler: kernel launch");
+}
+
+void launch_layer_norm(bool programmatic, const NormJob& first, const NormJob& second, int cols,
+                       cudaStream_t stream) {
+  launch(programmatic, layer_norm_kernel, dim3(static_cast<unsigned>(first.rows + second.rows)),
+         dim3(kNormThreads), stream, first, second, cols);
+}
+
+NormJob norm_job(const float* in, const float* weight, const float* bias, int rows, float* out,
+                 int group = 1, int out_group_stride = 1, int out_offset = 0,
+                 float* out2 = nullptr) {
+  NormJob j;
+  j.in = in;
+  j.weight = weight;
+  j.bias = bias;
+  j.rows = rows;
+  j.group = group;
+  j.out_group_stride = out_group_stride;
+  j.out_offset = out_offset;
+  j.out = out;
+  j.out2 = out2;
+  return j;
+}
+
+// INSTANTID_RESAMPLER_GEMM=cublas forces the cuBLAS path (benchmark comparison); "auto" or unset
+// keeps `requested`.
+GemmPath gemm_path_from_environment(GemmPath requested) {
+  const char* value = std::getenv("INSTANTID_RESAMPLER_GEMM");
+  if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return requested;
+  if (std::strcmp(value, "cublas") == 0) return GemmPath::kCublas;
+  throw_mismatch("GpuResampler: INSTANTID_RESAMPLER_GEMM", value, "auto or cublas");
+}
+
+// Programmatic dependent launches on sm_90+ when requested, unless INSTANTID_RESAMPLER_PDL=0.
+bool programmatic_launch_wanted(bool requested) {
+  int device = 0, major = 0;
+  check_cuda(cudaGetDevice(&device), "GpuResampler: cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+             "GpuResampler: compute capability");
+  const char* value = std::getenv("INSTANTID_RESAMPLER_PDL");
+  if (value != nullptr && *value != '\0' && std::strcmp(value, "0") != 0 &&
+      std::strcmp(value, "1") != 0) {
+    throw_mismatch("GpuResampler: INSTANTID_RESAMPLER_PDL", value, "0 or 1");
+  }
+  return requested && major >= 9 && !(value != nullptr && std::strcmp(value, "0") == 0);
+}
+
 }  // namespace
 
 GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
-                           const ResamplerWeights& weights, int max_batch, int max_tokens)
+                           const ResamplerWeights& weights, int max_batch, int max_tokens,
+                           const GpuResamplerOptions& options)
     : layout_(layout), output_dim_(output_dim), max_batch_(max_batch), max_tokens_(max_tokens) {
-  const int dim = layout.dim, inner = layout.heads * layout.dim_head, ff = layout.dim * layout.ff_mult;
+  const int dim = layout.dim, inner = layout.heads * layout.dim_head,
+            ff = layout.dim * layout.ff_mult;
   INSTANTID_CHECK(layout.dim_head == kAttnDimHead, "GpuResampler: dim_head: got ", layout.dim_head,
                   ", expected ", kAttnDimHead);
   INSTANTID_CHECK(max_tokens >= 1 && max_tokens + layout.num_queries <= kMaxKeys,
@@ -190,16 +280,17 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
   }
 
   const std::int64_t rows = static_cast<std::int64_t>(max_batch) * layout.num_queries;
-  const std::int64_t kv_rows = static_cast<std::int64_t>(max_batch) * (max_tokens + layout.num_queries);
+  const std::int64_t kv_rows =
+      static_cast<std::int64_t>(max_batch) * (max_tokens + layout.num_queries);
   const std::int64_t sizes[] = {static_cast<std::int64_t>(max_batch) * max_tokens * dim,  // x_proj
-                                rows * dim,           // latents
-                                rows * dim,           // ln
-                                kv_rows * dim,        // kv_in
-                                rows * inner,         // q
-                                kv_rows * 2 * inner,  // kv
-                                rows * inner,         // attn
-                                rows * ff,            // ff
-                                rows * output_dim};   // pre_out
+                                rows * dim,                                               // latents
+                                rows * dim,                                               // ln
+                                kv_rows * dim,                                            // kv_in
+                                rows * inner,                                             // q
+                                kv_rows * 2 * inner,                                      // kv
+                                rows * inner,                                             // attn
+                                rows * ff,                                                // ff
+                                rows * output_dim};                                       // pre_out
   float** slots[] = {&x_proj_, &latents_buf_, &ln_, &kv_in_, &q_, &kv_, &attn_, &ff_, &pre_out_};
   std::int64_t ws_total = 0;
   for (std::int64_t s : sizes) ws_total += (s + 63) / 64 * 64;
@@ -210,29 +301,25 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     ws_offset += (sizes[i] + 63) / 64 * 64;
   }
 
-  check_cublas(cublasCreate(&cublas_), "cublasCreate");
-  // A user workspace keeps cuBLAS from allocating inside stream capture.
-  cublas_workspace_ = DeviceBuffer(std::size_t{4} << 20);
-  check_cublas(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()),
-               "cublasSetWorkspace");
-  check_cublas(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+  // The largest GEMM has the kv rows: batch · (tokens + 16).
+  gemm_ = std::make_unique<LinearGemm>(static_cast<int>(kv_rows),
+                                       gemm_path_from_environment(options.gemm_path),
+                                       options.ctas_per_sm, options.lane_rows);
+  programmatic_ = programmatic_launch_wanted(options.programmatic);
+  gemm_->set_programmatic(programmatic_);
 }
 
-GpuResampler::~GpuResampler() {
-  if (cublas_ != nullptr) cublasDestroy(cublas_);
-}
+GpuResampler::~GpuResampler() = default;
 
 std::size_t GpuResampler::device_bytes() const {
-  return weights_.bytes() + workspace_.bytes() + cublas_workspace_.bytes();
+  return weights_.bytes() + workspace_.bytes() + gemm_->device_bytes();
 }
 
-// c [rows, out] (row-major) = a [rows, in] · wᵀ (w [out, in] row-major) + beta · c.
-void GpuResampler::gemm(const float* a, const float* w, float* c, int rows, int out_features,
-                        int in_features, float beta) {
-  const float alpha = 1.0f;
-  check_cublas(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out_features, rows, in_features,
-                           &alpha, w, in_features, a, in_features, &beta, c, out_features),
-               "GpuResampler: cublasSgemm");
+// c [rows, out] (row-major) = act(a [rows, in] · wᵀ + bias) + beta · c, w [out, in] row-major.
+void GpuResampler::gemm(const float* a, const float* w, const float* bias, float* c, int rows,
+                        int out_features, int in_features, float beta, bool gelu,
+                        cudaStream_t stream) {
+  gemm_->run(a, w, bias, c, rows, out_features, in_features, beta, gelu, stream);
 }
 
 void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaStream_t stream) {
@@ -240,41 +327,38 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
                   ", expected 1..", max_batch_);
   INSTANTID_CHECK(tokens >= 1 && tokens <= max_tokens_, "GpuResampler::run: tokens: got ", tokens,
                   ", expected 1..", max_tokens_);
-  check_cublas(cublasSetStream(cublas_, stream), "cublasSetStream");
   const int dim = layout_.dim, inner = layout_.heads * layout_.dim_head;
   const int ff = layout_.dim * layout_.ff_mult, nq = layout_.num_queries;
   const int rows = batch * nq, x_rows = batch * tokens, keys = tokens + nq;
   constexpr int kThreads = 256;
 
-  broadcast_rows_kernel<<<blocks_for(static_cast<std::int64_t>(x_rows) * dim, kThreads), kThreads,
-                          0, stream>>>(x_proj_, proj_in_b_, x_rows, 1, dim);
-  gemm(x, proj_in_w_, x_proj_, x_rows, dim, layout_.embed_dim, 1.0f);
-  broadcast_rows_kernel<<<blocks_for(static_cast<std::int64_t>(rows) * dim, kThreads), kThreads, 0,
-                          stream>>>(latents_buf_, latents_, rows, nq, dim);
+  gemm(x, proj_in_w_, proj_in_b_, x_proj_, x_rows, dim, layout_.embed_dim, 0.0f, false, stream);
+  const bool pdl = programmatic_;
+  launch(pdl, broadcast_rows_kernel,
+         dim3(blocks_for(static_cast<std::int64_t>(rows) * dim, kThreads)), dim3(kThreads), stream,
+         latents_buf_, latents_, rows, nq, dim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(layout_.dim_head));
   for (const Layer& l : layers_) {
-    // kv_in per batch row: the T normalised inputs, then the 16 normalised latents.
-    layer_norm_kernel<<<x_rows, kNormThreads, 0, stream>>>(x_proj_, l.norm1_w, l.norm1_b, dim,
-                                                           tokens, keys, 0, kv_in_, nullptr);
-    layer_norm_kernel<<<rows, kNormThreads, 0, stream>>>(latents_buf_, l.norm2_w, l.norm2_b, dim,
-                                                         nq, keys, tokens, kv_in_, ln_);
-    gemm(ln_, l.to_q, q_, rows, inner, dim, 0.0f);
-    gemm(kv_in_, l.to_kv, kv_, batch * keys, 2 * inner, dim, 0.0f);
-    perceiver_attention_kernel<<<dim3(batch, layout_.heads), 256, 0, stream>>>(q_, kv_, attn_, nq,
-                                                                             keys, inner, scale);
-    gemm(attn_, l.to_out, latents_buf_, rows, dim, inner, 1.0f);
-    layer_norm_kernel<<<rows, kNormThreads, 0, stream>>>(latents_buf_, l.ff_norm_w, l.ff_norm_b,
-                                                         dim, rows, 0, 0, ln_, nullptr);
-    gemm(ln_, l.ff_w1, ff_, rows, ff, dim, 0.0f);
-    gelu_erf_kernel<<<blocks_for(static_cast<std::int64_t>(rows) * ff, kThreads), kThreads, 0,
-                      stream>>>(ff_, static_cast<std::int64_t>(rows) * ff);
-    gemm(ff_, l.ff_w3, latents_buf_, rows, dim, ff, 1.0f);
+    // kv_in per batch row: the T normalised inputs, then the 16 normalised latents (also in ln_).
+    launch_layer_norm(
+        pdl, norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
+        norm_job(latents_buf_, l.norm2_w, l.norm2_b, rows, kv_in_, nq, keys, tokens, ln_), dim,
+        stream);
+    gemm(ln_, l.to_q, nullptr, q_, rows, inner, dim, 0.0f, false, stream);
+    gemm(kv_in_, l.to_kv, nullptr, kv_, batch * keys, 2 * inner, dim, 0.0f, false, stream);
+    launch(pdl, perceiver_attention_kernel, dim3(batch, layout_.heads), dim3(256), stream,
+           static_cast<const float*>(q_), static_cast<const float*>(kv_), attn_, nq, keys, inner,
+           scale);
+    gemm(attn_, l.to_out, nullptr, latents_buf_, rows, dim, inner, 1.0f, false, stream);
+    launch_layer_norm(pdl, norm_job(latents_buf_, l.ff_norm_w, l.ff_norm_b, rows, ln_), NormJob{},
+                      dim, stream);
+    gemm(ln_, l.ff_w1, nullptr, ff_, rows, ff, dim, 0.0f, true, stream);
+    gemm(ff_, l.ff_w3, nullptr, latents_buf_, rows, dim, ff, 1.0f, false, stream);
   }
-  broadcast_rows_kernel<<<blocks_for(static_cast<std::int64_t>(rows) * output_dim_, kThreads),
-                          kThreads, 0, stream>>>(pre_out_, proj_out_b_, rows, 1, output_dim_);
-  gemm(latents_buf_, proj_out_w_, pre_out_, rows, output_dim_, dim, 1.0f);
-  layer_norm_kernel<<<rows, kNormThreads, 0, stream>>>(pre_out_, norm_out_w_, norm_out_b_,
-                                                       output_dim_, rows, 0, 0, out, nullptr);
+  gemm(latents_buf_, proj_out_w_, proj_out_b_, pre_out_, rows, output_dim_, dim, 0.0f, false,
+       stream);
+  launch_layer_norm(pdl, norm_job(pre_out_, norm_out_w_, norm_out_b_, rows, out), NormJob{},
+                    output_dim_, stream);
   check_cuda(cudaGetLastError(), "GpuResampler: kernel launch");
 }
 

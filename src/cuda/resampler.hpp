@@ -1,16 +1,18 @@
 #pragma once
-// The Resampler (spec §3) on the GPU: float32 cuBLAS GEMMs (no TF32) plus small kernels
-// (LayerNorm, erf GELU, bias/latent broadcast, perceiver attention). All weights are uploaded once
-// by the constructor; run() only enqueues work and is CUDA-graph capturable.
+// The Resampler (spec §3) on the GPU: float32 GEMMs (the skinny weight-streaming kernel of
+// skinny_gemm.hpp, bias and GELU fused; cuBLAS SGEMM without TF32 for larger batches) plus small
+// kernels (LayerNorm, latent broadcast, perceiver attention). All weights are uploaded once by the
+// constructor; run() only enqueues work and is CUDA-graph capturable.
 
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cuda/cuda_check.hpp"
+#include "cuda/skinny_gemm.hpp"
 #include "instantid/layout.hpp"
 #include "instantid/tensor.hpp"
 
@@ -19,12 +21,24 @@ namespace instantid::cuda {
 // Returns the Resampler weight "image_proj.<suffix>" (e.g. "proj_in.weight") as float32.
 using ResamplerWeights = std::function<const HostTensor&(const std::string& suffix)>;
 
+// How run() multiplies: the defaults are the measured best (docs/performance.md); the other
+// settings exist for comparison.
+struct GpuResamplerOptions {
+  GemmPath gemm_path = GemmPath::kAuto;    // kCublas: cuBLAS for every linear layer
+  int ctas_per_sm = kSkinnyGemmCtasPerSm;  // skinny GEMM split count (skinny_gemm_splits)
+  int lane_rows = 0;                       // skinny GEMM lane grid (SkinnyGemmParams)
+  bool programmatic = true;                // programmatic dependent launches on sm_90+
+};
+
 class GpuResampler {
  public:
   // Uploads every weight (validated against layout and output_dim) and sizes the workspace for
-  // up to max_batch inputs of up to max_tokens tokens each.
+  // up to max_batch inputs of up to max_tokens tokens each. For programs that cannot pass
+  // options (bench_cuda), INSTANTID_RESAMPLER_GEMM=cublas and INSTANTID_RESAMPLER_PDL=0 override
+  // gemm_path and programmatic.
   GpuResampler(const ModelLayout& layout, int output_dim, const ResamplerWeights& weights,
-               int max_batch, int max_tokens = 1);
+               int max_batch, int max_tokens = 1,
+               const GpuResamplerOptions& options = GpuResamplerOptions());
   ~GpuResampler();
   GpuResampler(const GpuResampler&) = delete;
   GpuResampler& operator=(const GpuResampler&) = delete;
@@ -35,23 +49,25 @@ class GpuResampler {
 
   std::size_t device_bytes() const;
   int output_dim() const { return output_dim_; }
+  GemmPath gemm_path() const { return gemm_->path(); }
+  bool programmatic_launch() const { return programmatic_; }
 
  private:
   struct Layer {
     const float *norm1_w, *norm1_b, *norm2_w, *norm2_b, *to_q, *to_kv, *to_out;
     const float *ff_norm_w, *ff_norm_b, *ff_w1, *ff_w3;
   };
-  void gemm(const float* a, const float* w, float* c, int rows, int out_features,
-            int in_features, float beta);
+  void gemm(const float* a, const float* w, const float* bias, float* c, int rows, int out_features,
+            int in_features, float beta, bool gelu, cudaStream_t stream);
 
   ModelLayout layout_;
   int output_dim_ = 0;
   int max_batch_ = 0;
   int max_tokens_ = 0;
-  cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<LinearGemm> gemm_;
+  bool programmatic_ = false;  // kernels of run() chained by programmatic dependent launch
   DeviceBuffer weights_;
   DeviceBuffer workspace_;
-  DeviceBuffer cublas_workspace_;
   const float *latents_ = nullptr, *proj_in_w_ = nullptr, *proj_in_b_ = nullptr;
   const float *proj_out_w_ = nullptr, *proj_out_b_ = nullptr;
   const float *norm_out_w_ = nullptr, *norm_out_b_ = nullptr;

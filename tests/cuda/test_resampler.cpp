@@ -1,12 +1,12 @@
 // The GPU Resampler against an fp64 host implementation of spec §3 (random weights, reduced and
-// full SDXL sizes), and its replay from a CUDA graph.
-
-#include <catch2/catch.hpp>
+// full SDXL sizes), through the skinny GEMM and through cuBLAS, and its replay from a CUDA graph.
 
 #include <cuda_runtime_api.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
@@ -84,20 +84,22 @@ Mat layer_norm(const Mat& x, int rows, int cols, const HostTensor& w, const Host
     for (int c = 0; c < cols; ++c) var += (xr[c] - mean) * (xr[c] - mean);
     var /= cols;
     for (int c = 0; c < cols; ++c)
-      y[static_cast<std::size_t>(r) * cols + c] = (xr[c] - mean) / std::sqrt(var + 1e-5) * w.data()[c] + b.data()[c];
+      y[static_cast<std::size_t>(r) * cols + c] =
+          (xr[c] - mean) / std::sqrt(var + 1e-5) * w.data()[c] + b.data()[c];
   }
   return y;
 }
 
 // Spec §3 in fp64: x [B, T, E] → [B, 16, D_out].
-Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<float>& x_in, int batch,
-                   int tokens) {
+Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<float>& x_in,
+                   int batch, int tokens) {
   auto W = [&](const std::string& n) -> const HostTensor& { return w.at(n); };
   const int dim = L.dim, inner = L.heads * L.dim_head, nq = L.num_queries, keys = tokens + nq;
   Mat x(x_in.begin(), x_in.end());
   Mat xp = linear(x, batch * tokens, L.embed_dim, W("proj_in.weight"), &W("proj_in.bias"));
   Mat lat(static_cast<std::size_t>(batch) * nq * dim);
-  for (std::size_t i = 0; i < lat.size(); ++i) lat[i] = W("latents").data()[i % (static_cast<std::size_t>(nq) * dim)];
+  for (std::size_t i = 0; i < lat.size(); ++i)
+    lat[i] = W("latents").data()[i % (static_cast<std::size_t>(nq) * dim)];
   for (int i = 0; i < L.depth; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     Mat xn = layer_norm(xp, batch * tokens, dim, W(p + "0.norm1.weight"), W(p + "0.norm1.bias"));
@@ -130,7 +132,9 @@ Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<flo
           for (int e = 0; e < L.dim_head; ++e) {
             double acc = 0;
             for (int j = 0; j < keys; ++j)
-              acc += s[j] / l * kv[(static_cast<std::size_t>(b) * keys + j) * 2 * inner + inner + h * L.dim_head + e];
+              acc += s[j] / l *
+                     kv[(static_cast<std::size_t>(b) * keys + j) * 2 * inner + inner +
+                        h * L.dim_head + e];
             attn[(static_cast<std::size_t>(b) * nq + qi) * inner + h * L.dim_head + e] = acc;
           }
         }
@@ -138,8 +142,8 @@ Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<flo
     }
     Mat o = linear(attn, batch * nq, inner, W(p + "0.to_out.weight"), nullptr);
     for (std::size_t e = 0; e < lat.size(); ++e) lat[e] += o[e];
-    Mat f = linear(layer_norm(lat, batch * nq, dim, W(p + "1.0.weight"), W(p + "1.0.bias")), batch * nq,
-                   dim, W(p + "1.1.weight"), nullptr);
+    Mat f = linear(layer_norm(lat, batch * nq, dim, W(p + "1.0.weight"), W(p + "1.0.bias")),
+                   batch * nq, dim, W(p + "1.1.weight"), nullptr);
     for (double& e : f) e = 0.5 * e * (1.0 + std::erf(e / std::sqrt(2.0)));
     Mat g = linear(f, batch * nq, dim * L.ff_mult, W(p + "1.3.weight"), nullptr);
     for (std::size_t e = 0; e < lat.size(); ++e) lat[e] += g[e];
@@ -149,8 +153,11 @@ Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<flo
   return layer_norm(y, batch * nq, d_out, W("norm_out.weight"), W("norm_out.bias"));
 }
 
-void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens) {
-  INFO("dim " << layout.dim << " D_out " << d_out << " batch " << batch << " tokens " << tokens);
+void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens,
+                     instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto) {
+  const bool cublas = path == instantid::cuda::GemmPath::kCublas;
+  INFO("dim " << layout.dim << " D_out " << d_out << " batch " << batch << " tokens " << tokens
+              << (cublas ? " cuBLAS" : " skinny GEMM"));
   const Weights w = random_weights(layout, d_out, 7);
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -158,7 +165,14 @@ void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens
   for (float& e : x) e = 3.0f * normal(rng);
   instantid::cuda::GpuResampler gpu(
       layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.at(s); }, batch,
-      tokens);
+      tokens,
+      [&] {
+        instantid::cuda::GpuResamplerOptions o;
+        o.gemm_path = path;
+        return o;
+      }());
+  CHECK(gpu.gemm_path() == path);
+  INFO("programmatic launches " << gpu.programmatic_launch());
   const std::size_t out_elems = static_cast<std::size_t>(batch) * layout.num_queries * d_out;
   instantid::cuda::DeviceBuffer xd(x.size() * 4), yd(out_elems * 4);
   REQUIRE(cudaMemcpy(xd.data(), x.data(), x.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess);
@@ -174,8 +188,9 @@ void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens
     err = std::max(err, std::abs(y[i] - ref[i]));
     ref_max = std::max(ref_max, std::abs(ref[i]));
   }
-  std::printf("resampler dim %d D_out %d batch %d: max|err| vs fp64 %.3e (|ref| <= %.2f)\n",
-              layout.dim, d_out, batch, err, ref_max);
+  std::printf("resampler %s%s dim %d D_out %d batch %d: max|err| vs fp64 %.3e (|ref| <= %.2f)\n",
+              cublas ? "cuBLAS" : "skinny", gpu.programmatic_launch() ? " PDL" : "", layout.dim,
+              d_out, batch, err, ref_max);
   CHECK(ref_max > 0.5);
   CHECK(err < 2e-4 * std::max(1.0, ref_max));
 
@@ -192,7 +207,8 @@ void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens
   std::vector<float> y2(out_elems);
   REQUIRE(cudaMemcpy(y2.data(), yd.data(), out_elems * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
   std::size_t differing = 0;
-  for (std::size_t i = 0; i < out_elems; ++i) differing += std::memcmp(&y[i], &y2[i], 4) != 0 ? 1 : 0;
+  for (std::size_t i = 0; i < out_elems; ++i)
+    differing += std::memcmp(&y[i], &y2[i], 4) != 0 ? 1 : 0;
   CHECK(differing == 0);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
@@ -211,6 +227,16 @@ TEST_CASE("GPU Resampler matches fp64 (reduced sizes, cond+uncond and concat bat
 
 TEST_CASE("GPU Resampler matches fp64 at SDXL sizes (random weights)", "[cuda][resampler]") {
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1);
+  check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kCublas);
+  // Plain launches instead of programmatic dependent ones (read by the constructor).
+  setenv("INSTANTID_RESAMPLER_PDL", "0", 1);
+  check_resampler(ModelLayout::sdxl(), 2048, 2, 1);
+  unsetenv("INSTANTID_RESAMPLER_PDL");
+}
+
+TEST_CASE("GPU Resampler: batches past the skinny GEMM's 64 rows use cuBLAS", "[cuda][resampler]") {
+  // 5 inputs of 3 tokens: kv rows 5 · 19 = 95 > 64 go to cuBLAS, the 80 latent rows as well.
+  check_resampler(ModelLayout::reduced(10, 64, 128, 2), 96, 5, 3);
 }
 
 TEST_CASE("GPU Resampler refuses bad shapes", "[cuda][resampler]") {

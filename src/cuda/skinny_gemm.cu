@@ -1,0 +1,477 @@
+// The skinny fp32 GEMM (weight streaming, deterministic split K) and its cuBLAS fallback.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/skinny_gemm.hpp"
+
+namespace instantid::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;  // 4 warps per CTA
+constexpr int kTileN = kSkinnyGemmTileN;
+constexpr int kTileK = kSkinnyGemmTileK;
+// Shared rows are 36 floats apart: 16-byte reads of 4 (W) or 8 (A) consecutive rows hit distinct
+// bank groups, and cp.async destinations stay 16-byte aligned.
+constexpr int kStride = kTileK + 4;
+constexpr int kStages = 4;
+constexpr int kMinTilesPerSplit = 2;
+
+struct KernelArgs {
+  SkinnyGemmParams p;
+  int k_tiles = 0;
+  unsigned* tickets = nullptr;  // [tiles]
+  float* partials = nullptr;    // [tiles, splits, M, 64]
+};
+
+__device__ __forceinline__ void cp_async16(float* smem, const float* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// Programmatic dependent launch: let the next kernel on the stream start, and wait for the
+// previous one (no-ops when the launch was not programmatic or below sm_90).
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ float epilogue(float v, const SkinnyGemmParams& p, int m, int n) {
+  if (p.bias != nullptr) v += p.bias[n];
+  if (p.gelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  if (p.beta != 0.0f) v = fmaf(p.beta, p.c[static_cast<std::int64_t>(m) * p.n + n], v);
+  return v;
+}
+
+// One CTA: output columns [64·blockIdx.x, +64) over k tiles [split range of blockIdx.y].
+// Warps form kNWarps column groups × kKWarps k groups. Lane (ml = lane % kMLanes,
+// ng = lane / kMLanes) of warp (wn, wk) accumulates rows m = ml + kMLanes·i (i < kMPerLane) and
+// columns wn·(8·kNLanes) + ng + kNLanes·j (j < 8) over its k slice of every tile, 4 k per step.
+// kMLanes 8: lane grid 8 × 4, warps 2 × 2 (kMPerLane 8 covers M = 64). kMLanes 4: lane grid
+// 4 × 8, warps 1 × 4: each 16-byte shared read feeds twice the FMAs (fewer shared-memory
+// wavefronts per FMA), for M <= 40.
+template <int kMLanes, int kMPerLane>
+__global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) {
+  constexpr int kNLanes = 32 / kMLanes;
+  constexpr int kWarpN = 8 * kNLanes;
+  constexpr int kNWarps = kTileN / kWarpN;
+  constexpr int kKWarps = (kThreads / 32) / kNWarps;
+  constexpr int kWarpK = kTileK / kKWarps;  // k of each tile one warp multiplies
+  constexpr int kMPad = kMLanes * kMPerLane;
+  constexpr int kStageFloats = (kMPad + kTileN) * kStride;
+  static_assert(kNWarps * kWarpN == kTileN && kKWarps * kWarpK == kTileK && kWarpK % 4 == 0,
+                "tile split");
+  static_assert((kKWarps - 1) * kNWarps * kMPerLane * 8 * 32 <= kStages * kStageFloats,
+                "reduction buffer fits the stages");
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  __shared__ unsigned s_last;
+  const SkinnyGemmParams& p = args.p;
+  const int tile = blockIdx.x;
+  const int split = blockIdx.y;
+  const int n0 = tile * kTileN;
+  const int t_begin = static_cast<int>(static_cast<std::int64_t>(split) * args.k_tiles / p.splits);
+  const int t_end =
+      static_cast<int>(static_cast<std::int64_t>(split + 1) * args.k_tiles / p.splits);
+  const int count = t_end - t_begin;
+  const int tid = threadIdx.x;
+
+  auto load_w = [&](int t, int stage) {
+    float* sw = smem + stage * kStageFloats + kMPad * kStride;  // [64, kStride]
+    const int k0 = (t_begin + t) * kTileK;
+#pragma unroll
+    for (int c = tid; c < kTileN * (kTileK / 4); c += kThreads) {
+      const int r = c / (kTileK / 4), kc = (c % (kTileK / 4)) * 4;
+      const bool ok = n0 + r < p.n && k0 + kc < p.k;
+      cp_async16(sw + r * kStride + kc,
+                 ok ? p.w + static_cast<std::int64_t>(n0 + r) * p.k + k0 + kc : p.w, ok);
+    }
+  };
+  auto load_a = [&](int t, int stage) {
+    float* sa = smem + stage * kStageFloats;  // [kMPad, kStride]
+    const int k0 = (t_begin + t) * kTileK;
+#pragma unroll
+    for (int c = tid; c < kMPad * (kTileK / 4); c += kThreads) {
+      const int r = c / (kTileK / 4), kc = (c % (kTileK / 4)) * 4;
+      const bool ok = r < p.m && k0 + kc < p.k;
+      cp_async16(sa + r * kStride + kc,
+                 ok ? p.a + static_cast<std::int64_t>(r) * p.k + k0 + kc : p.a, ok);
+    }
+  };
+
+  const int warp = tid / 32, lane = tid % 32;
+  const int wn = warp % kNWarps, wk = warp / kNWarps;
+  const int ml = lane % kMLanes, ng = lane / kMLanes;
+  float acc[kMPerLane][8];
+#pragma unroll
+  for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+  }
+
+  // Weights never change between kernels: fetch the first tiles, wait for the previous kernel
+  // (programmatic launch), let the next one start (it prefetches its own weights meanwhile), then
+  // fetch A. Group s holds A tile s (and, in group 0, the first weight tiles).
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < count) load_w(s, s);
+  }
+  wait_for_previous();
+  allow_dependents();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < count) load_a(s, s);
+    cp_async_commit();
+  }
+  for (int t = 0; t < count; ++t) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (t + kStages - 1 < count) {
+      load_w(t + kStages - 1, (t + kStages - 1) % kStages);
+      load_a(t + kStages - 1, (t + kStages - 1) % kStages);
+    }
+    cp_async_commit();
+    const float* sa = smem + (t % kStages) * kStageFloats;
+    const float* sw = sa + kMPad * kStride;
+#pragma unroll
+    for (int kk = 0; kk < kWarpK; kk += 4) {
+      const int ko = wk * kWarpK + kk;
+      float4 w[8], a[kMPerLane];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        w[j] =
+            *reinterpret_cast<const float4*>(sw + (wn * kWarpN + ng + kNLanes * j) * kStride + ko);
+      }
+#pragma unroll
+      for (int i = 0; i < kMPerLane; ++i) {
+        a[i] = *reinterpret_cast<const float4*>(sa + (ml + kMLanes * i) * kStride + ko);
+      }
+      // k component outermost: consecutive FMAs update different accumulators (no dependent
+      // chains); each accumulator still sums its k in order.
+#pragma unroll
+      for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i].x, w[j].x, acc[i][j]);
+      }
+#pragma unroll
+      for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i].y, w[j].y, acc[i][j]);
+      }
+#pragma unroll
+      for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i].z, w[j].z, acc[i][j]);
+      }
+#pragma unroll
+      for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i].w, w[j].w, acc[i][j]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // The k groups join the first one in order: acc(wk = 0) + acc(1) + ... (fixed).
+  if (kKWarps > 1) {
+    float* red = smem;  // [kKWarps - 1][kNWarps][kMPerLane * 8][32 lanes]
+    if (wk > 0) {
+#pragma unroll
+      for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          red[((((wk - 1) * kNWarps + wn) * kMPerLane + i) * 8 + j) * 32 + lane] = acc[i][j];
+        }
+      }
+    }
+    __syncthreads();
+    if (wk == 0) {
+#pragma unroll
+      for (int g = 1; g < kKWarps; ++g) {
+#pragma unroll
+        for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            acc[i][j] += red[((((g - 1) * kNWarps + wn) * kMPerLane + i) * 8 + j) * 32 + lane];
+          }
+        }
+      }
+    }
+  }
+
+  if (p.splits == 1) {
+    if (wk == 0) {
+#pragma unroll
+      for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int m = ml + kMLanes * i, n = n0 + wn * kWarpN + ng + kNLanes * j;
+          if (m < p.m && n < p.n) {
+            p.c[static_cast<std::int64_t>(m) * p.n + n] = epilogue(acc[i][j], p, m, n);
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  // Split K: publish this CTA's partial, take a ticket; the last CTA of the tile sums all
+  // partials in split order (s = 0, 1, ...) and writes C.
+  float* tile_partials = args.partials + static_cast<std::int64_t>(tile) * p.splits * p.m * kTileN;
+  if (wk == 0) {
+    float* mine = tile_partials + static_cast<std::int64_t>(split) * p.m * kTileN;
+#pragma unroll
+    for (int i = 0; i < kMPerLane; ++i) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int m = ml + kMLanes * i;
+        if (m < p.m) __stcg(mine + m * kTileN + wn * kWarpN + ng + kNLanes * j, acc[i][j]);
+      }
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(&args.tickets[tile], 1u) == static_cast<unsigned>(p.splits - 1);
+  __syncthreads();
+  if (s_last == 0u) return;
+  __threadfence();
+  // Each thread owns up to kVec float4 of the [M, 64] tile and loads them for one split at a
+  // time (kVec independent loads in flight, splits unrolled by 4).
+  constexpr int kVec = (kMPad * kTileN / 4 + kThreads - 1) / kThreads;
+  const int count4 = p.m * kTileN / 4;
+  const float4* parts4 = reinterpret_cast<const float4*>(tile_partials);
+  float4 sum[kVec];
+#pragma unroll
+  for (int q = 0; q < kVec; ++q) sum[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int s = 0; s < p.splits; ++s) {
+#pragma unroll
+    for (int q = 0; q < kVec; ++q) {
+      const int e4 = tid + q * kThreads;
+      if (e4 < count4) {
+        const float4 x = __ldcg(parts4 + static_cast<std::int64_t>(s) * count4 + e4);
+        sum[q].x += x.x;
+        sum[q].y += x.y;
+        sum[q].z += x.z;
+        sum[q].w += x.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < kVec; ++q) {
+    const int e4 = tid + q * kThreads;
+    if (e4 >= count4) continue;
+    const int m = e4 * 4 / kTileN, n = n0 + e4 * 4 % kTileN;
+    const float v[4] = {sum[q].x, sum[q].y, sum[q].z, sum[q].w};
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      if (n + u < p.n)
+        p.c[static_cast<std::int64_t>(m) * p.n + n + u] = epilogue(v[u], p, m, n + u);
+    }
+  }
+  if (tid == 0) args.tickets[tile] = 0u;
+}
+
+template <int kMLanes, int kMPerLane>
+cudaError_t launch(const KernelArgs& args, int tiles, cudaStream_t stream) noexcept {
+  constexpr int kMPad = kMLanes * kMPerLane;
+  constexpr std::size_t kSmem = std::size_t{kStages} * (kMPad + kTileN) * kStride * sizeof(float);
+  if (kSmem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(skinny_gemm_kernel<kMLanes, kMPerLane>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
+    if (e != cudaSuccess) return e;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(args.p.splits));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = args.p.programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, skinny_gemm_kernel<kMLanes, kMPerLane>, args);
+}
+
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// c[r, :] = act(c[r, :] + bias) after a cuBLAS GEMM (the fallback's epilogue).
+__global__ void bias_gelu_kernel(float* c /*[rows, cols]*/, const float* bias /*[cols] or null*/,
+                                 std::int64_t total, int cols, bool gelu) {
+  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= total) return;
+  float v = c[i];
+  if (bias != nullptr) v += bias[i % cols];
+  if (gelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  c[i] = v;
+}
+
+}  // namespace
+
+bool skinny_gemm_supported(int m, int n, int k, const float* a, const float* w) noexcept {
+  const auto aligned = [](const float* ptr) {
+    return ptr != nullptr && reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0;
+  };
+  return m >= 1 && m <= kSkinnyGemmMaxRows && n >= 1 && k >= 4 && k % 4 == 0 && aligned(a) &&
+         aligned(w);
+}
+
+int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm) noexcept {
+  if (n < 1 || k < 1) return 1;
+  const int tiles = ceil_div(n, kTileN);
+  const int target = std::max(1, sm_count) * std::max(1, ctas_per_sm);
+  if (tiles >= target) return 1;
+  const int most = std::max(1, ceil_div(k, kTileK) / kMinTilesPerSplit);
+  return std::max(1, std::min(target / tiles, most));
+}
+
+int skinny_gemm_tiles(int n) noexcept { return n < 1 ? 0 : ceil_div(n, kTileN); }
+
+std::size_t skinny_gemm_partials_count(int m, int n, int splits) noexcept {
+  if (m < 1 || n < 1 || splits <= 1) return 0;
+  return static_cast<std::size_t>(skinny_gemm_tiles(n)) * splits * m * kTileN;
+}
+
+cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& workspace,
+                        cudaStream_t stream) noexcept {
+  if (!skinny_gemm_supported(params.m, params.n, params.k, params.a, params.w) ||
+      params.c == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  KernelArgs args;
+  args.p = params;
+  args.k_tiles = ceil_div(params.k, kTileK);
+  if (params.splits < 1 || params.splits > args.k_tiles) return cudaErrorInvalidValue;
+  const int tiles = skinny_gemm_tiles(params.n);
+  if (params.splits > 1) {
+    if (workspace.tickets == nullptr || workspace.tickets_count < tiles ||
+        workspace.partials == nullptr ||
+        workspace.partials_count < skinny_gemm_partials_count(params.m, params.n, params.splits) ||
+        reinterpret_cast<std::uintptr_t>(workspace.partials) % 16 != 0) {
+      return cudaErrorInvalidValue;
+    }
+    args.tickets = workspace.tickets;
+    args.partials = workspace.partials;
+  }
+  const int m = params.m;
+  const int lane_rows = params.lane_rows == 0 ? (m <= 40 ? 4 : 8) : params.lane_rows;
+  if (lane_rows == 4 && m <= 40) {
+    if (m <= 4) return launch<4, 1>(args, tiles, stream);
+    if (m <= 8) return launch<4, 2>(args, tiles, stream);
+    if (m <= 16) return launch<4, 4>(args, tiles, stream);
+    if (m <= 24) return launch<4, 6>(args, tiles, stream);
+    if (m <= 32) return launch<4, 8>(args, tiles, stream);
+    if (m <= 36) return launch<4, 9>(args, tiles, stream);
+    return launch<4, 10>(args, tiles, stream);
+  }
+  if (lane_rows != 8 && lane_rows != 4) return cudaErrorInvalidValue;
+  if (m <= 8) return launch<8, 1>(args, tiles, stream);
+  if (m <= 16) return launch<8, 2>(args, tiles, stream);
+  if (m <= 24) return launch<8, 3>(args, tiles, stream);
+  if (m <= 32) return launch<8, 4>(args, tiles, stream);
+  if (m <= 40) return launch<8, 5>(args, tiles, stream);
+  if (m <= 48) return launch<8, 6>(args, tiles, stream);
+  return launch<8, 8>(args, tiles, stream);
+}
+
+LinearGemm::LinearGemm(int max_rows, GemmPath path, int ctas_per_sm, int lane_rows)
+    : path_(path), max_rows_(max_rows), ctas_per_sm_(ctas_per_sm), lane_rows_(lane_rows) {
+  INSTANTID_CHECK(lane_rows == 0 || lane_rows == 4 || lane_rows == 8, "LinearGemm: lane_rows: got ",
+                  lane_rows, ", expected 0, 4 or 8");
+  INSTANTID_CHECK(max_rows >= 1, "LinearGemm: max_rows: got ", max_rows, ", expected >= 1");
+  INSTANTID_CHECK(ctas_per_sm >= 1 && ctas_per_sm <= 64, "LinearGemm: ctas_per_sm: got ",
+                  ctas_per_sm, ", expected 1..64");
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "LinearGemm: cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device),
+             "LinearGemm: SM count");
+  check_cuda(cudaDeviceGetAttribute(&sm_major_, cudaDevAttrComputeCapabilityMajor, device),
+             "LinearGemm: compute capability");
+  if (path_ == GemmPath::kAuto) {
+    // skinny_gemm_splits keeps tiles · splits <= the CTA target whenever splits > 1.
+    const int target = std::max(1, sm_count_) * ctas_per_sm_;
+    const int rows = std::min(max_rows, kSkinnyGemmMaxRows);
+    tickets_ = DeviceBuffer(static_cast<std::size_t>(target) * sizeof(unsigned));
+    partials_ = DeviceBuffer(static_cast<std::size_t>(target) * rows * kTileN * sizeof(float));
+    check_cuda(cudaMemset(tickets_.data(), 0, tickets_.bytes()), "LinearGemm: zero tickets");
+    workspace_.tickets = tickets_.as<unsigned>();
+    workspace_.tickets_count = target;
+    workspace_.partials = partials_.as<float>();
+    workspace_.partials_count = static_cast<std::size_t>(target) * rows * kTileN;
+  }
+  check_cublas(cublasCreate(&cublas_), "cublasCreate");
+  // A user workspace keeps cuBLAS from allocating inside stream capture.
+  cublas_workspace_ = DeviceBuffer(std::size_t{4} << 20);
+  check_cublas(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.bytes()),
+               "cublasSetWorkspace");
+  check_cublas(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+  check_cuda(cudaDeviceSynchronize(), "LinearGemm: setup");
+}
+
+LinearGemm::~LinearGemm() {
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+}
+
+bool LinearGemm::uses_skinny(int rows, int out, int in, const float* a,
+                             const float* w) const noexcept {
+  return path_ == GemmPath::kAuto && rows <= max_rows_ &&
+         skinny_gemm_supported(rows, out, in, a, w);
+}
+
+void LinearGemm::run(const float* a, const float* w, const float* bias, float* c, int rows, int out,
+                     int in, float beta, bool gelu, cudaStream_t stream) {
+  INSTANTID_CHECK(rows >= 1 && out >= 1 && in >= 1, "LinearGemm::run: shape: got [", rows, ", ", in,
+                  "] x [", out, ", ", in, "]ᵀ, expected every size >= 1");
+  INSTANTID_CHECK(a != nullptr && w != nullptr && c != nullptr,
+                  "LinearGemm::run: pointers: got a null a, w or c, expected device pointers");
+  INSTANTID_CHECK(!gelu || beta == 0.0f, "LinearGemm::run: beta with gelu: got ", beta,
+                  ", expected 0 (GELU output cannot accumulate into C)");
+  if (uses_skinny(rows, out, in, a, w)) {
+    SkinnyGemmParams p;
+    p.a = a;
+    p.w = w;
+    p.bias = bias;
+    p.c = c;
+    p.m = rows;
+    p.n = out;
+    p.k = in;
+    p.beta = beta;
+    p.gelu = gelu;
+    p.splits = skinny_gemm_splits(out, in, sm_count_, ctas_per_sm_);
+    p.programmatic = programmatic_;
+    p.lane_rows = lane_rows_;
+    check_cuda(skinny_gemm(p, workspace_, stream), "LinearGemm: skinny_gemm");
+    return;
+  }
+  const float alpha = 1.0f;
+  check_cublas(cublasSetStream(cublas_, stream), "cublasSetStream");
+  check_cublas(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w, in, a, in,
+                           &beta, c, out),
+               "LinearGemm: cublasSgemm");
+  if (bias != nullptr || gelu) {
+    const std::int64_t total = static_cast<std::int64_t>(rows) * out;
+    constexpr int kEpilogueThreads = 256;
+    bias_gelu_kernel<<<static_cast<unsigned>((total + kEpilogueThreads - 1) / kEpilogueThreads),
+                       kEpilogueThreads, 0, stream>>>(c, bias, total, out, gelu);
+    check_cuda(cudaGetLastError(), "LinearGemm: bias/GELU kernel");
+  }
+}
+
+}  // namespace instantid::cuda

@@ -1,0 +1,116 @@
+#pragma once
+// fp32 GEMM for few rows and large weights: C = act(A·Wᵀ + bias) + beta·C with W a PyTorch Linear
+// weight [N, K]. For M <= 64 the work is the weight read plus M fp32 FMAs per weight (at M = 32 an
+// H200's FMA peak is about its copy bandwidth), so the skinny kernel reads every weight once
+// (cp.async 16-byte loads, 64 outputs × 32 k per tile), multiplies with fp32 FMAs from register
+// tiles and splits K over a fixed number of CTAs; the last CTA of an output tile sums the partials
+// in split order (an integer ticket, no float atomics), so results are deterministic for a given
+// device and shape. LinearGemm picks it or falls back to cuBLAS SGEMM (pedantic math, no TF32).
+// Numerical contract and measurements: docs/kernels.md and docs/performance.md ("Resampler").
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "cuda/cuda_check.hpp"
+
+namespace instantid::cuda {
+
+constexpr int kSkinnyGemmMaxRows = 64;
+// Output columns per CTA and k per pipeline stage (fixed by the kernel).
+constexpr int kSkinnyGemmTileN = 64;
+constexpr int kSkinnyGemmTileK = 32;
+// Split K until about this many CTAs per SM run (each keeps up to 3 tiles of 64×32 weights in
+// flight).
+constexpr int kSkinnyGemmCtasPerSm = 3;
+
+struct SkinnyGemmParams {
+  const float* a = nullptr;     // [M, K] row-major, 16-byte aligned
+  const float* w = nullptr;     // [N, K] row-major, 16-byte aligned
+  const float* bias = nullptr;  // [N] or null
+  float* c = nullptr;           // [M, N] row-major; read only when beta != 0
+  int m = 0, n = 0, k = 0;      // 1 <= M <= 64, N >= 1, K >= 4 and a multiple of 4
+  float beta = 0.0f;
+  bool gelu = false;  // exact erf GELU on A·Wᵀ + bias, before beta·C is added
+  int splits = 1;     // K is cut into this many CTA ranges (1 .. ceil(K / 32))
+  // Programmatic dependent launch (sm_90+): the kernel may start while the previous kernel on the
+  // stream still runs, prefetches its first weight tiles, then waits for that kernel to finish
+  // before it reads A, C or the workspace (and only then lets the next kernel start early). The
+  // previous kernel need not know about it.
+  bool programmatic = false;
+  // Lane grid of a warp, rows × columns: 8 (8 × 4) or 4 (4 × 8, M <= 40 only; larger M uses 8);
+  // 0 picks 4 for M <= 40. Speed and the grouping of k partial sums differ, nothing else.
+  int lane_rows = 0;
+};
+
+// True when the skinny kernel can run this problem (sizes and 16-byte alignment as above).
+bool skinny_gemm_supported(int m, int n, int k, const float* a, const float* w) noexcept;
+
+// The split count LinearGemm uses: enough CTAs for ctas_per_sm per SM, each at least two k tiles.
+int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm = kSkinnyGemmCtasPerSm) noexcept;
+
+// Scratch of a split-K launch (unused when splits == 1): one ticket per 64-column output tile,
+// zero before the first launch (every launch leaves its tickets at zero), and the partial sums
+// [tiles, splits, M, 64].
+struct SkinnyGemmWorkspace {
+  unsigned* tickets = nullptr;  // [tickets_count]
+  int tickets_count = 0;
+  float* partials = nullptr;  // [partials_count]
+  std::size_t partials_count = 0;
+};
+int skinny_gemm_tiles(int n) noexcept;  // ceil(N / 64): tickets needed
+std::size_t skinny_gemm_partials_count(int m, int n, int splits) noexcept;  // floats needed
+
+// Enqueues one kernel. Returns cudaErrorInvalidValue for an unsupported problem, splits out of
+// range or a workspace too small (nothing enqueued). Never allocates or synchronises;
+// graph-capture safe. One launch at a time per workspace (launches on one stream are fine).
+cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& workspace,
+                        cudaStream_t stream) noexcept;
+
+enum class GemmPath { kAuto, kCublas };
+
+// C = act(A·Wᵀ + bias) + beta·C for any M, N, K: the skinny kernel when supported (and path is
+// kAuto), else cuBLAS SGEMM with pedantic math plus a bias/GELU kernel. Owns its cuBLAS handle and
+// workspaces (allocated here); run() never allocates or synchronises and is graph-capturable.
+class LinearGemm {
+ public:
+  // max_rows bounds M of the problems the skinny kernel takes (larger M goes to cuBLAS);
+  // ctas_per_sm sets its split count (skinny_gemm_splits), lane_rows its lane grid
+  // (SkinnyGemmParams::lane_rows).
+  explicit LinearGemm(int max_rows, GemmPath path = GemmPath::kAuto,
+                      int ctas_per_sm = kSkinnyGemmCtasPerSm, int lane_rows = 0);
+  ~LinearGemm();
+  LinearGemm(const LinearGemm&) = delete;
+  LinearGemm& operator=(const LinearGemm&) = delete;
+
+  // a: [rows, in], w: [out, in], bias: [out] or null, c: [rows, out], all device, row-major.
+  // gelu requires beta == 0.
+  void run(const float* a, const float* w, const float* bias, float* c, int rows, int out, int in,
+           float beta, bool gelu, cudaStream_t stream);
+
+  // Whether run() with these arguments takes the skinny kernel.
+  bool uses_skinny(int rows, int out, int in, const float* a, const float* w) const noexcept;
+  GemmPath path() const { return path_; }
+  // Launch the skinny kernel as a programmatic dependent launch (SkinnyGemmParams::programmatic);
+  // ignored below sm_90.
+  void set_programmatic(bool on) noexcept { programmatic_ = on && sm_major_ >= 9; }
+  std::size_t device_bytes() const {
+    return tickets_.bytes() + partials_.bytes() + cublas_workspace_.bytes();
+  }
+
+ private:
+  GemmPath path_;
+  int max_rows_ = 0;
+  int sm_count_ = 0;
+  int ctas_per_sm_ = kSkinnyGemmCtasPerSm;
+  int lane_rows_ = 0;
+  int sm_major_ = 0;
+  bool programmatic_ = false;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceBuffer tickets_, partials_;
+  SkinnyGemmWorkspace workspace_;
+  DeviceBuffer cublas_workspace_;
+};
+
+}  // namespace instantid::cuda

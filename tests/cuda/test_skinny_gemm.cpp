@@ -1,0 +1,413 @@
+// The skinny fp32 GEMM (src/cuda/skinny_gemm.hpp) against fp64, with the flash-attention tolerance
+// rule: its max error may be at most twice that of a naive fp32 implementation (one sequential
+// fp32 dot product per output, then bias, GELU and beta·C in fp32). Plus exact small-integer
+// problems for every split count (indexing, tails, the split-K reduction), determinism, poisoned
+// outputs and guard cells, the cuBLAS fallback for shapes the kernel refuses, argument checks and
+// CUDA-graph replay.
+
+#include <cuda_runtime_api.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cuda/skinny_gemm.hpp"
+
+namespace {
+
+using instantid::cuda::DeviceBuffer;
+using instantid::cuda::GemmPath;
+using instantid::cuda::LinearGemm;
+using instantid::cuda::SkinnyGemmParams;
+using instantid::cuda::SkinnyGemmWorkspace;
+
+constexpr int kGuard = 64;  // poisoned floats after C that nothing may write
+
+struct Problem {
+  int m = 1, n = 1, k = 4;
+  bool bias = false;
+  float beta = 0.0f;
+  bool gelu = false;
+  std::vector<float> a, w, b, c0;  // [m, k], [n, k], [n], [m, n]
+};
+
+Problem random_problem(int m, int n, int k, bool bias, float beta, bool gelu, std::uint32_t seed) {
+  Problem p;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.bias = bias;
+  p.beta = beta;
+  p.gelu = gelu;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  p.a.resize(static_cast<std::size_t>(m) * k);
+  p.w.resize(static_cast<std::size_t>(n) * k);
+  p.b.resize(static_cast<std::size_t>(n));
+  p.c0.resize(static_cast<std::size_t>(m) * n);
+  const float w_sd = 1.0f / std::sqrt(static_cast<float>(k));  // a Linear layer's scale
+  for (float& e : p.a) e = 2.0f * normal(rng);
+  for (float& e : p.w) e = w_sd * normal(rng);
+  for (float& e : p.b) e = 0.5f * normal(rng);
+  for (float& e : p.c0) e = normal(rng);
+  return p;
+}
+
+// Small integers: every product and partial sum is exact in fp32, so any order gives one answer.
+Problem integer_problem(int m, int n, int k, std::uint32_t seed) {
+  Problem p;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.bias = true;
+  p.beta = 1.0f;
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> small(-3, 3);
+  p.a.resize(static_cast<std::size_t>(m) * k);
+  p.w.resize(static_cast<std::size_t>(n) * k);
+  p.b.resize(static_cast<std::size_t>(n));
+  p.c0.resize(static_cast<std::size_t>(m) * n);
+  for (float& e : p.a) e = static_cast<float>(small(rng));
+  for (float& e : p.w) e = static_cast<float>(small(rng));
+  for (float& e : p.b) e = static_cast<float>(small(rng) * 100);
+  for (float& e : p.c0) e = static_cast<float>(small(rng) * 1000);
+  return p;
+}
+
+double gelu64(double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); }
+float gelu32(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
+
+std::vector<double> expected_fp64(const Problem& p) {
+  std::vector<double> y(static_cast<std::size_t>(p.m) * p.n);
+  for (int r = 0; r < p.m; ++r) {
+    for (int o = 0; o < p.n; ++o) {
+      double acc = 0.0;
+      const float* ar = p.a.data() + static_cast<std::size_t>(r) * p.k;
+      const float* wr = p.w.data() + static_cast<std::size_t>(o) * p.k;
+      for (int i = 0; i < p.k; ++i) acc += static_cast<double>(ar[i]) * wr[i];
+      if (p.bias) acc += p.b[static_cast<std::size_t>(o)];
+      if (p.gelu) acc = gelu64(acc);
+      const std::size_t idx = static_cast<std::size_t>(r) * p.n + o;
+      if (p.beta != 0.0f) acc += static_cast<double>(p.beta) * p.c0[idx];
+      y[idx] = acc;
+    }
+  }
+  return y;
+}
+
+// The naive fp32 implementation the tolerance is stated against.
+std::vector<float> naive_fp32(const Problem& p) {
+  std::vector<float> y(static_cast<std::size_t>(p.m) * p.n);
+  for (int r = 0; r < p.m; ++r) {
+    for (int o = 0; o < p.n; ++o) {
+      float acc = 0.0f;
+      const float* ar = p.a.data() + static_cast<std::size_t>(r) * p.k;
+      const float* wr = p.w.data() + static_cast<std::size_t>(o) * p.k;
+      for (int i = 0; i < p.k; ++i) {
+        const float prod = ar[i] * wr[i];
+        acc = acc + prod;
+      }
+      if (p.bias) acc = acc + p.b[static_cast<std::size_t>(o)];
+      if (p.gelu) acc = gelu32(acc);
+      const std::size_t idx = static_cast<std::size_t>(r) * p.n + o;
+      if (p.beta != 0.0f) acc = acc + p.beta * p.c0[idx];
+      y[idx] = acc;
+    }
+  }
+  return y;
+}
+
+// Device copies of a problem; c has kGuard poisoned floats after it, and is poisoned (NaN) itself
+// when beta == 0 (the kernel must not read it then).
+struct DeviceProblem {
+  DeviceBuffer a, w, b, c;
+  explicit DeviceProblem(const Problem& p)
+      : a(p.a.size() * 4), w(p.w.size() * 4), b(p.b.size() * 4), c((p.c0.size() + kGuard) * 4) {
+    REQUIRE(cudaMemcpy(a.data(), p.a.data(), a.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(w.data(), p.w.data(), w.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(b.data(), p.b.data(), b.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+    reset(p);
+  }
+  void reset(const Problem& p) {
+    REQUIRE(cudaMemset(c.data(), 0xFF, c.bytes()) == cudaSuccess);
+    if (p.beta != 0.0f) {
+      REQUIRE(cudaMemcpy(c.data(), p.c0.data(), p.c0.size() * 4, cudaMemcpyHostToDevice) ==
+              cudaSuccess);
+    }
+  }
+  // C, then checks the guard cells still hold the poison.
+  std::vector<float> download(const Problem& p) const {
+    std::vector<float> all(p.c0.size() + kGuard);
+    REQUIRE(cudaMemcpy(all.data(), c.data(), c.bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
+    std::size_t touched = 0;
+    for (std::size_t i = p.c0.size(); i < all.size(); ++i) {
+      std::uint32_t bits = 0;
+      std::memcpy(&bits, &all[i], 4);
+      touched += bits != 0xFFFFFFFFu ? 1 : 0;
+    }
+    CHECK(touched == 0);
+    all.resize(p.c0.size());
+    return all;
+  }
+};
+
+// Max |err| of got and of the naive fp32 result against fp64; checks the 2× rule and finiteness.
+void check_accuracy(const Problem& p, const std::vector<float>& got, const char* what,
+                    double factor = 2.0) {
+  const std::vector<double> ref = expected_fp64(p);
+  const std::vector<float> naive = naive_fp32(p);
+  double err = 0.0, naive_err = 0.0, ref_max = 0.0;
+  std::size_t non_finite = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    non_finite += std::isfinite(got[i]) ? 0 : 1;
+    err = std::max(err, std::abs(got[i] - ref[i]));
+    naive_err = std::max(naive_err, std::abs(naive[i] - ref[i]));
+    ref_max = std::max(ref_max, std::abs(ref[i]));
+  }
+  std::printf(
+      "%-8s M %2d N %4d K %4d bias %d beta %.1f gelu %d: max|err| %.3e naive %.3e ratio %.2f "
+      "(|ref| <= %.2f)\n",
+      what, p.m, p.n, p.k, p.bias ? 1 : 0, p.beta, p.gelu ? 1 : 0, err, naive_err,
+      naive_err > 0 ? err / naive_err : 0.0, ref_max);
+  CHECK(non_finite == 0);
+  CHECK(ref_max > 0.5);
+  CHECK(naive_err > 0.0);
+  CHECK(err <= factor * naive_err);
+}
+
+std::vector<float> run_linear(LinearGemm& gemm, const Problem& p, DeviceProblem& d,
+                              cudaStream_t stream, int a_offset = 0) {
+  d.reset(p);
+  gemm.run(d.a.as<float>() + a_offset, d.w.as<float>(), p.bias ? d.b.as<float>() : nullptr,
+           d.c.as<float>(), p.m, p.n, p.k, p.beta, p.gelu, stream);
+  REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  return d.download(p);
+}
+
+int sm_count() {
+  int device = 0, sms = 0;
+  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess);
+  return sms;
+}
+
+}  // namespace
+
+TEST_CASE("skinny GEMM matches fp64 within 2x naive fp32 (M 1..64, K 512 / 1280 / 5120)",
+          "[cuda][skinny_gemm]") {
+  LinearGemm gemm(64);  // lane grid 4 × 8 up to M = 40, then 8 × 4
+  LinearGemm gemm8(64, GemmPath::kAuto, instantid::cuda::kSkinnyGemmCtasPerSm, 8);  // 8 × 4 always
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  std::uint32_t seed = 100;
+  for (int k : {512, 1280, 5120}) {
+    // N: a tail tile (1000), the Resampler widths (1280, 2560), a short one for K = 5120.
+    const int n = k == 512 ? 1000 : k == 1280 ? 2560 : 1288;
+    for (int m : {1, 17, 34, 64}) {
+      const bool bias = m % 2 == 1;
+      const float beta = m == 34 ? 1.0f : 0.0f;
+      const bool gelu = m == 64;
+      INFO("M " << m << " N " << n << " K " << k);
+      const Problem p = random_problem(m, n, k, bias, beta, gelu, ++seed);
+      DeviceProblem d(p);
+      REQUIRE(gemm.uses_skinny(m, n, k, d.a.as<float>(), d.w.as<float>()));
+      const std::vector<float> got = run_linear(gemm, p, d, stream);
+      check_accuracy(p, got, "skinny");
+      // Deterministic: a second run gives the same bits.
+      const std::vector<float> again = run_linear(gemm, p, d, stream);
+      CHECK(std::memcmp(got.data(), again.data(), got.size() * 4) == 0);
+      if (m <= 40) check_accuracy(p, run_linear(gemm8, p, d, stream), "skinny8");
+    }
+  }
+  cudaStreamDestroy(stream);
+}
+
+TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda][skinny_gemm]") {
+  // M 37 (5 rows per lane), N 131 (three tiles, the last 3 wide), K 1028 (33 k tiles, the last 4
+  // deep): every tail at once; plus M 1 and M 64 at other tails.
+  const int shapes[][3] = {
+      {37, 131, 1028}, {1, 70, 36}, {64, 200, 260}, {8, 64, 4}, {34, 2560, 1280}};
+  std::uint32_t seed = 7;
+  for (const auto& s : shapes) {
+    const Problem p = integer_problem(s[0], s[1], s[2], ++seed);
+    const std::vector<double> ref = expected_fp64(p);
+    DeviceProblem d(p);
+    const int k_tiles = (p.k + 31) / 32;
+    std::vector<int> splits = {1, 2, 3, k_tiles / 2, k_tiles - 1, k_tiles};
+    splits.push_back(instantid::cuda::skinny_gemm_splits(p.n, p.k, sm_count()));
+    for (int sp : splits) {
+      for (int lane_rows : {4, 8}) {
+        if (sp < 1 || sp > k_tiles) continue;
+        INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << sp << " lane rows "
+                  << lane_rows);
+        const int tiles = instantid::cuda::skinny_gemm_tiles(p.n);
+        const std::size_t partials = instantid::cuda::skinny_gemm_partials_count(p.m, p.n, sp);
+        CHECK((partials > 0) == (sp > 1));
+        DeviceBuffer tickets(static_cast<std::size_t>(tiles) * 4), sums(partials * 4);
+        REQUIRE(cudaMemset(tickets.data(), 0, tickets.bytes()) == cudaSuccess);
+        SkinnyGemmWorkspace ws;
+        ws.tickets = tickets.as<unsigned>();
+        ws.tickets_count = tiles;
+        ws.partials = sums.as<float>();
+        ws.partials_count = partials;
+        for (int rep = 0; rep < 2; ++rep) {  // the second launch reuses the tickets the first reset
+          d.reset(p);
+          SkinnyGemmParams params;
+          params.a = d.a.as<float>();
+          params.w = d.w.as<float>();
+          params.bias = d.b.as<float>();
+          params.c = d.c.as<float>();
+          params.m = p.m;
+          params.n = p.n;
+          params.k = p.k;
+          params.beta = p.beta;
+          params.splits = sp;
+          params.lane_rows = lane_rows;
+          REQUIRE(instantid::cuda::skinny_gemm(params, ws, nullptr) == cudaSuccess);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          const std::vector<float> got = d.download(p);
+          std::size_t wrong = 0;
+          for (std::size_t i = 0; i < ref.size(); ++i) wrong += got[i] != ref[i] ? 1 : 0;
+          CHECK(wrong == 0);
+        }
+        std::vector<unsigned> left(static_cast<std::size_t>(tiles));  // tickets back at zero
+        REQUIRE(cudaMemcpy(left.data(), tickets.data(), tickets.bytes(), cudaMemcpyDeviceToHost) ==
+                cudaSuccess);
+        for (unsigned t : left) CHECK(t == 0u);
+      }
+    }
+  }
+}
+
+TEST_CASE("skinny GEMM: shapes it refuses fall back to cuBLAS", "[cuda][skinny_gemm]") {
+  LinearGemm gemm(128);
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  // M 65 (> 64 rows), K 510 (not a multiple of 4), bias and GELU through the fallback epilogue.
+  for (const auto& s : {std::make_pair(65, 1280), std::make_pair(17, 510)}) {
+    const Problem p = random_problem(s.first, 700, s.second, true, 0.0f, s.first == 17, 55);
+    DeviceProblem d(p);
+    CHECK_FALSE(gemm.uses_skinny(p.m, p.n, p.k, d.a.as<float>(), d.w.as<float>()));
+    CHECK_FALSE(
+        instantid::cuda::skinny_gemm_supported(p.m, p.n, p.k, d.a.as<float>(), d.w.as<float>()));
+    // cuBLAS's summation order is not ours; it must still be within 4× of naive fp32.
+    check_accuracy(p, run_linear(gemm, p, d, stream), "cublas", 4.0);
+  }
+  // A rows pointer that is not 16-byte aligned (one float in) also goes to cuBLAS.
+  {
+    Problem p = random_problem(9, 300, 256, false, 1.0f, false, 56);
+    DeviceProblem d(p);
+    CHECK_FALSE(gemm.uses_skinny(p.m, p.n, p.k, d.a.as<float>() + 1, d.w.as<float>()));
+    // The device A starts one float later: shift the host copy the same way for the reference.
+    Problem shifted = p;
+    shifted.a.assign(p.a.begin() + 1, p.a.end());
+    shifted.a.push_back(0.0f);
+    shifted.m = p.m - 1;  // the last row would read past the end
+    shifted.c0.resize(static_cast<std::size_t>(shifted.m) * p.n);
+    d.reset(p);
+    gemm.run(d.a.as<float>() + 1, d.w.as<float>(), nullptr, d.c.as<float>(), shifted.m, p.n, p.k,
+             p.beta, false, stream);
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    std::vector<float> got(shifted.c0.size());
+    REQUIRE(cudaMemcpy(got.data(), d.c.data(), got.size() * 4, cudaMemcpyDeviceToHost) ==
+            cudaSuccess);
+    check_accuracy(shifted, got, "cublas", 4.0);
+  }
+  // Forcing cuBLAS for a shape the kernel takes.
+  LinearGemm forced(64, GemmPath::kCublas);
+  const Problem p = random_problem(32, 1280, 1280, true, 1.0f, false, 57);
+  DeviceProblem d(p);
+  CHECK_FALSE(forced.uses_skinny(p.m, p.n, p.k, d.a.as<float>(), d.w.as<float>()));
+  check_accuracy(p, run_linear(forced, p, d, stream), "cublas", 4.0);
+  cudaStreamDestroy(stream);
+}
+
+TEST_CASE("skinny GEMM argument checks", "[cuda][skinny_gemm]") {
+  using instantid::cuda::skinny_gemm;
+  const Problem p = random_problem(4, 64, 64, false, 0.0f, false, 3);
+  DeviceProblem d(p);
+  SkinnyGemmParams ok;
+  ok.a = d.a.as<float>();
+  ok.w = d.w.as<float>();
+  ok.c = d.c.as<float>();
+  ok.m = 4;
+  ok.n = 64;
+  ok.k = 64;
+  ok.splits = 1;
+  REQUIRE(skinny_gemm(ok, SkinnyGemmWorkspace{}, nullptr) == cudaSuccess);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  SkinnyGemmParams bad = ok;
+  bad.m = 65;
+  CHECK(skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) == cudaErrorInvalidValue);
+  bad = ok;
+  bad.k = 62;
+  CHECK(skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) == cudaErrorInvalidValue);
+  bad = ok;
+  bad.splits = 0;
+  CHECK(skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) == cudaErrorInvalidValue);
+  bad = ok;
+  bad.splits = 3;  // 2 k tiles
+  CHECK(skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) == cudaErrorInvalidValue);
+  bad = ok;
+  bad.splits = 2;  // needs a workspace
+  CHECK(skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) == cudaErrorInvalidValue);
+  bad = ok;
+  bad.lane_rows = 5;
+  CHECK(skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) == cudaErrorInvalidValue);
+  bad = ok;
+  bad.w = ok.w + 2;  // 8-byte aligned
+  CHECK(skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) == cudaErrorInvalidValue);
+  CHECK(cudaGetLastError() == cudaSuccess);
+
+  LinearGemm gemm(8);
+  REQUIRE_THROWS_WITH(gemm.run(ok.a, ok.w, nullptr, ok.c, 4, 64, 64, 1.0f, true, nullptr),
+                      Catch::Contains("beta with gelu") && Catch::Contains("got 1") &&
+                          Catch::Contains("expected 0"));
+  REQUIRE_THROWS_WITH(gemm.run(ok.a, ok.w, nullptr, ok.c, 0, 64, 64, 0.0f, false, nullptr),
+                      Catch::Contains("shape") && Catch::Contains("got [0, 64]"));
+  REQUIRE_THROWS_WITH(LinearGemm(0), Catch::Contains("max_rows: got 0"));
+  REQUIRE_THROWS_WITH(LinearGemm(8, GemmPath::kAuto, 2, 6),
+                      Catch::Contains("lane_rows: got 6") && Catch::Contains("expected 0, 4 or 8"));
+}
+
+TEST_CASE("skinny GEMM replays from a CUDA graph bit-identically (programmatic launches)",
+          "[cuda][skinny_gemm]") {
+  LinearGemm gemm(34, GemmPath::kAuto, 8);  // 8 CTAs per SM: both launches split K
+  gemm.set_programmatic(true);  // the second launch starts early and waits for the first
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  // Split-K launches in a row with different tile counts sharing one workspace, as in the
+  // Resampler: 20 tiles, then 80 (whose tickets lie past the first one's partial sums' start).
+  const Problem p1 = random_problem(32, 1280, 1280, false, 0.0f, false, 21);
+  const Problem p2 = random_problem(32, 5120, 1280, true, 0.0f, true, 22);
+  DeviceProblem d1(p1), d2(p2);
+  const std::vector<float> eager1 = run_linear(gemm, p1, d1, stream);
+  const std::vector<float> eager2 = run_linear(gemm, p2, d2, stream);
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  gemm.run(d1.a.as<float>(), d1.w.as<float>(), nullptr, d1.c.as<float>(), p1.m, p1.n, p1.k, 0.0f,
+           false, stream);
+  gemm.run(d2.a.as<float>(), d2.w.as<float>(), d2.b.as<float>(), d2.c.as<float>(), p2.m, p2.n, p2.k,
+           0.0f, true, stream);
+  REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  for (int rep = 0; rep < 3; ++rep) {
+    d1.reset(p1);
+    d2.reset(p2);
+    REQUIRE(cudaGraphLaunch(exec, stream) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    const std::vector<float> g1 = d1.download(p1), g2 = d2.download(p2);
+    CHECK(std::memcmp(g1.data(), eager1.data(), g1.size() * 4) == 0);
+    CHECK(std::memcmp(g2.data(), eager2.data(), g2.size() * 4) == 0);
+  }
+  check_accuracy(p1, eager1, "graph");
+  check_accuracy(p2, eager2, "graph");
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
