@@ -37,7 +37,7 @@ struct SkinnyGemmParams {
   // Programmatic dependent launch (sm_90+): the kernel may start while the previous kernel on the
   // stream still runs, prefetches its first weight tiles, then waits for that kernel to finish
   // before it reads A, C or the workspace (and only then lets the next kernel start early). The
-  // previous kernel need not know about it.
+  // previous kernel need not know about it, but must not write W.
   bool programmatic = false;
   // Lane grid of a warp, rows × columns: 8 (8 × 4) or 4 (4 × 8, M <= 40 only; larger M uses 8);
   // 0 picks 4 for M <= 40. Speed and the grouping of k partial sums differ, nothing else.
