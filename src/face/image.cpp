@@ -156,6 +156,46 @@ bool png_has_iend(const std::uint8_t* data, std::size_t size) {
   return false;
 }
 
+// The first unknown critical PNG chunk (type's first letter upper case, not one stb_image reads)
+// among the chunks before IEND that lie wholly inside the data: its offset, or 0 if none. Walking
+// stops at a chunk running past the end (stb_image reports those itself, e.g. the zlib bomb's IDAT).
+// stb_image would report an unknown chunk by copying its type bytes into a static buffer shared
+// by all threads; refusing it here keeps concurrent decodes off that buffer.
+std::size_t png_unknown_critical_chunk(const std::uint8_t* data, std::size_t size) {
+  static const char* const kKnown[] = {"IHDR", "PLTE", "IDAT", "IEND", "CgBI"};
+  std::size_t pos = 8;
+  while (pos + 12 <= size) {
+    const std::size_t length = read_u32(data + pos, true);
+    if (length > size - pos - 12) return 0;
+    const std::uint8_t* type = data + pos + 4;
+    if (std::memcmp(type, "IEND", 4) == 0) return 0;
+    if ((type[0] & 0x20) == 0 &&
+        std::none_of(std::begin(kKnown), std::end(kKnown),
+                     [&](const char* known) { return std::memcmp(type, known, 4) == 0; })) {
+      return pos;
+    }
+    pos += 12 + length;
+  }
+  return 0;
+}
+
+// Bytes as text: printable ASCII kept, anything else written as \xNN.
+std::string printable(const char* bytes, std::size_t count) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    if (c >= 0x20 && c < 0x7F) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
 // Formats stb_image also reads (JPEG is decoded by libjpeg-turbo) but the pipeline does not accept (ComfyUI loads images with PIL,
 // which treats them differently: GIF palettes/frames, PSD layers, HDR float data).
 const char* unsupported_format(const std::uint8_t* data, std::size_t size) {
@@ -169,6 +209,18 @@ const char* unsupported_format(const std::uint8_t* data, std::size_t size) {
   if (starts("P5") || starts("P6")) return "PNM";
   if (starts("\x53\x80\xF6\x34")) return "Softimage PIC";
   return nullptr;
+}
+
+// stb_image's failure reason, printable. Its reasons are string literals except one: "XXXX PNG
+// chunk not known", whose first four bytes are the chunk type copied from the file into a static
+// buffer (replaying fuzz_image's corpus showed raw bytes and NULs in our messages); bytes outside
+// printable ASCII are written as \xNN.
+std::string stb_reason() {
+  const char* reason = stbi_failure_reason();
+  if (reason == nullptr) return "unknown";
+  const std::string out = printable(reason, std::strlen(reason));
+  // A chunk type starting with a NUL byte leaves nothing readable.
+  return out.empty() ? std::string("unknown PNG chunk type starting with \\x00") : out;
 }
 
 }  // namespace
@@ -278,10 +330,9 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
   int h = 0;
   int comp = 0;
   if (stbi_info_from_memory(data, length, &w, &h, &comp) == 0) {
-    const char* reason = stbi_failure_reason();
     if (is_png(data, size)) {
       throw Error(make_message("decode_image: ", name, ": PNG header is corrupt or truncated (",
-                               reason ? reason : "unknown", "), got ", size, " bytes"));
+                               stb_reason(), "), got ", size, " bytes"));
     }
     throw Error(make_message("decode_image: ", name, ": unknown image format (", size,
                              " bytes, first bytes not a JPEG/PNG/BMP/TGA signature), expected JPEG, "
@@ -291,6 +342,15 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
   if (is_png(data, size) && !png_has_iend(data, size)) {
     throw Error(make_message("decode_image: ", name, ": PNG data is truncated: got ", size,
                              " bytes without an IEND chunk, expected a complete file"));
+  }
+  if (is_png(data, size)) {
+    const std::size_t chunk = png_unknown_critical_chunk(data, size);
+    if (chunk != 0) {
+      throw Error(make_message(
+          "decode_image: ", name, ": PNG chunk at offset ", chunk, ": got type \"",
+          printable(reinterpret_cast<const char*>(data + chunk + 4), 4),
+          "\", an unknown critical chunk, expected IHDR, PLTE, IDAT, IEND or an ancillary chunk"));
+    }
   }
   int got_w = 0;
   int got_h = 0;
@@ -305,9 +365,8 @@ Image decode_image(const std::string& bytes, const std::string& name, const Deco
   std::unique_ptr<stbi_uc, void (*)(void*)> rgb(
       stbi_load_from_memory(data, length, &got_w, &got_h, &got_comp, 3), stbi_image_free);
   if (!rgb) {
-    const char* reason = stbi_failure_reason();
-    throw Error(make_message("decode_image: ", name, ": decoding failed (",
-                             reason ? reason : "unknown", "): got ", size,
+    throw Error(make_message("decode_image: ", name, ": decoding failed (", stb_reason(),
+                             "): got ", size,
                              " bytes of corrupt or truncated data, expected a complete image"));
   }
   INSTANTID_CHECK(got_w == w && got_h == h, "decode_image: ", name, ": decoded size: got ", got_w,

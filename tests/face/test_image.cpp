@@ -75,6 +75,16 @@ std::vector<std::uint8_t> exif_jpeg(int orientation, bool big_endian, std::uint1
   return jpeg;
 }
 
+// The message of the instantid::Error decode_image throws, or "" if it decodes.
+std::string refusal_of(const std::string& bytes, const std::string& name) {
+  try {
+    decode_image(bytes, name);
+  } catch (const instantid::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 }  // namespace
 
 TEST_CASE("ComfyUI float image converts like tensor_to_image", "[face][image]") {
@@ -236,6 +246,26 @@ TEST_CASE("Bad image files are clear errors", "[face][image]") {
   std::string corrupt = png;
   for (std::size_t i = 60; i < corrupt.size() - 20; ++i) corrupt[i] = static_cast<char>(corrupt[i] ^ 0x5a);
   REQUIRE_THROWS_AS(decode_image(corrupt, "corrupt.png"), instantid::Error);
+}
+
+TEST_CASE("Unknown critical PNG chunks are refused by type, printably", "[face][image]") {
+  // stb_image would copy the type bytes into its reason ("XXXX PNG chunk not known", a static
+  // buffer); decode_image refuses such chunks first and escapes bytes that are not printable.
+  const std::string png = itest::read_file(golden_path("quadrants.png"));
+  const std::size_t after_ihdr = 8 + 8 + 13 + 4;  // signature, IHDR header, data, CRC
+  REQUIRE(png.substr(12, 4) == "IHDR");
+  auto with_chunk = [&](const std::string& type) {
+    return png.substr(0, after_ihdr) + std::string("\0\0\0\0", 4) + type +
+           std::string("\0\0\0\0", 4) + png.substr(after_ihdr);
+  };
+  CHECK(refusal_of(with_chunk(std::string("\x81\x82\x1b" "A", 4)), "odd.png") ==
+        "decode_image: odd.png: PNG chunk at offset 33: got type \"\\x81\\x82\\x1bA\", an unknown "
+        "critical chunk, expected IHDR, PLTE, IDAT, IEND or an ancillary chunk");
+  CHECK_THAT(refusal_of(with_chunk(std::string("\0ABC", 4)), "nul.png"),
+             Catch::Contains("nul.png: PNG chunk at offset 33: got type \"\\x00ABC\""));
+  // Ancillary chunks (lower-case first letter) are skipped, as by PNG readers generally.
+  CHECK(decode_image(with_chunk("zzAB"), "ancillary.png").pixels ==
+        decode_image(png, "quadrants.png").pixels);
 }
 
 TEST_CASE("Real PNG photographs decode exactly like cv2.imread", "[face][image][shared]") {
