@@ -189,12 +189,65 @@ void bench_copy(cudaStream_t stream) {
   row("d2d_copy_1GiB", s, 2.0 * bytes, ", \"note\": \"ceiling: bytes read + written\"");
 }
 
+// Copies count 16-byte words; with kWaitForPrevious it first waits for the previous grid in the
+// stream (programmatic dependent launch), as the attention kernel does.
+template <bool kWaitForPrevious>
+__global__ void copy_rows_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst,
+                                 std::size_t count) {
+  if constexpr (kWaitForPrevious) {
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" :::);
+  }
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < count;
+       i += std::size_t{gridDim.x} * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
+// The floor of the step's shape: every layer's q copied to its out by its own kernel (70 kernels
+// in one graph, one wave each), no attention; plain launches and early (programmatic dependent)
+// launches. What separates it from the one-kernel copy ceiling is the cost of 70 kernel
+// boundaries, which the fused step pays too.
+void bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "device");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "sms");
+  double bytes = 0;
+  for (const Layer& l : layers) bytes += 2.0 * l.q.bytes();
+  for (bool early : {false, true}) {
+    cudaGraphExec_t exec = capture(stream, [&] {
+      for (const Layer& l : layers) {
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(static_cast<unsigned>(sms) * 4);
+        config.blockDim = dim3(512);
+        config.stream = stream;
+        cudaLaunchAttribute attribute[1];
+        attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attribute[0].val.programmaticStreamSerializationAllowed = 1;
+        config.attrs = attribute;
+        config.numAttrs = early ? 1 : 0;
+        const auto* src = static_cast<const uint4*>(l.q.data());
+        auto* dst = static_cast<uint4*>(l.out.data());
+        const std::size_t count = l.q.bytes() / sizeof(uint4);
+        check_cuda(early ? cudaLaunchKernelEx(&config, copy_rows_kernel<true>, src, dst, count)
+                         : cudaLaunchKernelEx(&config, copy_rows_kernel<false>, src, dst, count),
+                   "copy launch");
+      }
+    });
+    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+    row(std::string("probe_sdxl_step_q_to_out_copy_70_kernels") + (early ? "_early_launch" : ""),
+        s, bytes, ", \"layers\": 70");
+    cudaGraphExecDestroy(exec);
+  }
+}
+
 void bench_step(cudaStream_t stream) {
   const int batch = 2, text = 77;
   std::vector<Layer> layers;
   std::uint32_t seed = 1;
   for (int w : sdxl_widths()) layers.push_back(make_layer(w == 640 ? 4096 : 1024, w, batch, text, seed += 7));
   check_cuda(cudaDeviceSynchronize(), "fill");
+  bench_copy_step(layers, stream);
   for (bool with_ip : {true, false}) {
     double bytes = 0;
     for (const Layer& l : layers) bytes += l.bytes(with_ip);
@@ -235,23 +288,30 @@ void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double byt
 }
 
 // Persistent-variant tiles (warps per CTA × q tiles in flight per warp × CTAs per SM).
-// kProbe 1: memory pattern only (q read, out written, no math); 2: math only.
-template <int kWarps, int kStages, int kCtasPerSm, int kProbe = 0>
-void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, double bytes) {
+// kProbe 1: memory pattern only (q read, out written, no math); 2: math only. early: launch
+// each layer before the previous one has finished (programmatic dependent launch, sm_90+).
+template <int kWarps, int kStages, int kCtasPerSm, int kMmaTiles, int kProbe = 0>
+void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, double bytes,
+                     bool early = true) {
+  using Tile = kernels::PersistentTile<64, kWarps, kStages, kCtasPerSm, kMmaTiles>;
   cudaGraphExec_t exec = capture(stream, [&] {
     for (const Layer& l : layers) {
-      check_cuda(kernels::launch_persistent_attention<__half, 64, kWarps, kStages, kCtasPerSm,
-                                                      kProbe>(l.params, stream),
+      check_cuda(kernels::launch_persistent_attention<__half, Tile, kProbe>(l.params, stream, 0,
+                                                                           early),
                  "tune launch");
     }
   });
   const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
-  char extra[96];
-  std::snprintf(extra, sizeof extra, ", \"warps\": %d, \"stages\": %d, \"ctas_per_sm\": %d",
-                kWarps, kStages, kCtasPerSm);
+  char extra[160];
+  std::snprintf(extra, sizeof extra,
+                ", \"warps\": %d, \"stages\": %d, \"ctas_per_sm\": %d, \"rows_per_warp\": %d, "
+                "\"early_launch\": %s",
+                kWarps, kStages, kCtasPerSm, 16 * kMmaTiles, early ? "true" : "false");
   row("tune_sdxl_step_fused_persistent_w" + std::to_string(kWarps) + "_s" +
-          std::to_string(kStages) + "_c" + std::to_string(kCtasPerSm) +
-          (kProbe == 1 ? "_probe_memory_only" : kProbe == 2 ? "_probe_math_only" : ""),
+          std::to_string(kStages) + "_c" + std::to_string(kCtasPerSm) + "_r" +
+          std::to_string(16 * kMmaTiles) +
+          (kProbe == 1 ? "_probe_memory_only" : kProbe == 2 ? "_probe_math_only" : "") +
+          (early ? "" : "_no_early_launch"),
       s, bytes, extra);
   cudaGraphExecDestroy(exec);
 }
@@ -264,13 +324,13 @@ void bench_tune(cudaStream_t stream) {
   double bytes = 0;
   for (const Layer& l : layers) bytes += l.bytes(true);
   tune_step<4, 1, true, 20>(layers, stream, bytes);  // the resident variant's default
-  tune_persistent<16, 2, 1>(layers, stream, bytes);
-  tune_persistent<16, 3, 1>(layers, stream, bytes);
-  tune_persistent<12, 2, 1>(layers, stream, bytes);
-  tune_persistent<8, 2, 2>(layers, stream, bytes);
-  tune_persistent<20, 2, 1>(layers, stream, bytes);
   tune_persistent<16, 2, 1, 1>(layers, stream, bytes);
-  tune_persistent<16, 2, 1, 2>(layers, stream, bytes);
+  tune_persistent<16, 2, 1, 1>(layers, stream, bytes, false);
+  tune_persistent<20, 2, 1, 1>(layers, stream, bytes);
+  tune_persistent<12, 2, 1, 2>(layers, stream, bytes);
+  tune_persistent<6, 2, 1, 2>(layers, stream, bytes);
+  tune_persistent<16, 2, 1, 1, 1>(layers, stream, bytes);
+  tune_persistent<16, 2, 1, 1, 2>(layers, stream, bytes);
 }
 
 void bench_layers(cudaStream_t stream) {

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "instantid/kernels/decoupled_attention.hpp"
 
@@ -37,6 +38,7 @@ template <typename T>
 struct MmaType;
 template <>
 struct MmaType<__half> {
+  static constexpr std::uint32_t kOnes = 0x3C003C00u;  // (1, 1)
   __device__ static std::uint32_t pack(float a, float b) {
     __half2 h = __floats2half2_rn(a, b);
     return *reinterpret_cast<std::uint32_t*>(&h);
@@ -56,6 +58,7 @@ struct MmaType<__half> {
 };
 template <>
 struct MmaType<__nv_bfloat16> {
+  static constexpr std::uint32_t kOnes = 0x3F803F80u;  // (1, 1)
   __device__ static std::uint32_t pack(float a, float b) {
     __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
     return *reinterpret_cast<std::uint32_t*>(&h);
@@ -515,119 +518,251 @@ __device__ __forceinline__ void ldmatrix_lane_offsets(std::uint32_t (&k_off)[kHe
   }
 }
 
-// One phase of a warp's 16 query rows, one pass: S = q·Kᵀ over kBlocks blocks of 16 keys (keys
-// past `valid`, only in the last block, at -inf), p = exp(S/sqrt(d) - max) in fp32, then
-// P·(num/l) rounded to T and out_acc += P·V. num[r]: s_i · M_i of the thread's rows r, r + 8.
-// The block count is a template argument so that a 16-key ip phase runs a 16-key body.
-template <typename T, int kHeadDim, int kBlocks>
-__device__ __forceinline__ void one_pass_phase(float (&out_acc)[kHeadDim / 8][4],
-                                               const std::uint32_t (&q_frag)[kHeadDim / 16][4],
-                                               std::uint32_t kb0, std::uint32_t vb0,
-                                               const std::uint32_t (&k_off)[kHeadDim / 16],
-                                               const std::uint32_t (&v_off)[kHeadDim / 16],
-                                               int valid, const float (&num)[2]) {
+// Scores of kMT 16-row MMA tiles against kBlocks blocks of 16 keys: s = q·Kᵀ, unscaled, keys at
+// or past `valid` (only in the last block) at -inf. Each K fragment read from shared memory
+// serves all kMT tiles.
+template <typename T, int kHeadDim, int kMT, int kBlocks>
+__device__ __forceinline__ void phase_scores(float (&s)[kMT][2 * kBlocks][4],
+                                             const std::uint32_t (&q_frag)[kMT][kHeadDim / 16][4],
+                                             std::uint32_t kb0,
+                                             const std::uint32_t (&k_off)[kHeadDim / 16],
+                                             int valid) {
   using Mma = MmaType<T>;
-  constexpr int kKSteps = kHeadDim / 16;
-  constexpr int kDPairs = kHeadDim / 16;
   constexpr std::uint32_t kBlockBytes = 16 * kHeadDim * sizeof(T);
-  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
-  const int my_col = (threadIdx.x % 4) * 2;
-  float s[2 * kBlocks][4];
 #pragma unroll
-  for (int j = 0; j < 2 * kBlocks; ++j) {
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
-  }
+    for (int j = 0; j < 2 * kBlocks; ++j) {
 #pragma unroll
-  for (int kb = 0; kb < kBlocks; ++kb) {
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      std::uint32_t bfrag[4];
-      ldmatrix_x4_at(bfrag, kb0 + kb * kBlockBytes + k_off[kk]);
-      Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
-      Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+      for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.0f;
     }
   }
-  if (kBlocks * 16 > valid) {
+  // Dims outer, keys inner: consecutive MMAs accumulate into different scores.
 #pragma unroll
-    for (int j = 2 * kBlocks - 2; j < 2 * kBlocks; ++j) {
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (j * 8 + my_col + (e & 1) >= valid) s[j][e] = -INFINITY;
+    for (int kb = 0; kb < kBlocks; ++kb) {
+      std::uint32_t bfrag[4];
+      ldmatrix_x4_at(bfrag, kb0 + kb * kBlockBytes + k_off[kk]);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        Mma::mma(s[mt][2 * kb], q_frag[mt][kk], bfrag[0], bfrag[1]);
+        Mma::mma(s[mt][2 * kb + 1], q_frag[mt][kk], bfrag[2], bfrag[3]);
       }
     }
   }
-  // Row maxima of the raw scores (the scale is positive), then exp2(S·scale - max·scale).
-  float m[2] = {-INFINITY, -INFINITY};
+  if (kBlocks * 16 > valid) {
+    const int my_col = (threadIdx.x % 4) * 2;
 #pragma unroll
-  for (int j = 0; j < 2 * kBlocks; ++j) {
-    m[0] = fmaxf(m[0], fmaxf(s[j][0], s[j][1]));
-    m[1] = fmaxf(m[1], fmaxf(s[j][2], s[j][3]));
-  }
-  float mc[2];
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
-    m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
-    mc[r] = m[r] * score_scale;
-  }
-  float l[2] = {0.0f, 0.0f};
+      for (int j = 2 * kBlocks - 2; j < 2 * kBlocks; ++j) {
 #pragma unroll
-  for (int j = 0; j < 2 * kBlocks; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      s[j][e] = fast_exp2(fmaf(s[j][e], score_scale, -mc[e / 2]));
-      l[e / 2] += s[j][e];
-    }
-  }
-  float factor[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    factor[r] = num[r] / l[r];
-  }
-#pragma unroll
-  for (int kb = 0; kb < kBlocks; ++kb) {
-    std::uint32_t a[4];
-    a[0] = Mma::pack(s[2 * kb][0] * factor[0], s[2 * kb][1] * factor[0]);
-    a[1] = Mma::pack(s[2 * kb][2] * factor[1], s[2 * kb][3] * factor[1]);
-    a[2] = Mma::pack(s[2 * kb + 1][0] * factor[0], s[2 * kb + 1][1] * factor[0]);
-    a[3] = Mma::pack(s[2 * kb + 1][2] * factor[1], s[2 * kb + 1][3] * factor[1]);
-#pragma unroll
-    for (int dp = 0; dp < kDPairs; ++dp) {
-      std::uint32_t bfrag[4];
-      ldmatrix_x4_trans_at(bfrag, vb0 + kb * kBlockBytes + v_off[dp]);
-      Mma::mma(out_acc[2 * dp], a, bfrag[0], bfrag[1]);
-      Mma::mma(out_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
+        for (int e = 0; e < 4; ++e) {
+          if (j * 8 + my_col + (e & 1) >= valid) s[mt][j][e] = -INFINITY;
+        }
+      }
     }
   }
 }
 
-// one_pass_phase for any key count 1..80.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void one_pass_phase_any(float (&out_acc)[kHeadDim / 8][4],
-                                                   const std::uint32_t (&q_frag)[kHeadDim / 16][4],
-                                                   std::uint32_t kb0, std::uint32_t vb0,
-                                                   const std::uint32_t (&k_off)[kHeadDim / 16],
-                                                   const std::uint32_t (&v_off)[kHeadDim / 16],
-                                                   int valid, const float (&num)[2]) {
+// Row maxima of the thread's rows (r, r + 8) of each tile, times the exp2 scale (positive).
+template <int kMT, int kN>
+__device__ __forceinline__ void scaled_row_max(float (&mc)[kMT][2], const float (&s)[kMT][kN][4],
+                                               float score_scale) {
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    float m[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      m[0] = fmaxf(m[0], fmaxf(s[mt][j][0], s[mt][j][1]));
+      m[1] = fmaxf(m[1], fmaxf(s[mt][j][2], s[mt][j][3]));
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
+      m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
+      mc[mt][r] = m[r] * score_scale;
+    }
+  }
+}
+
+// P of a phase as MMA A fragments, unnormalised: exp2(s·scale - max·scale) in fp32, rounded to T.
+template <typename T, int kMT, int kBlocks>
+__device__ __forceinline__ void softmax_numerators(std::uint32_t (&a)[kMT][kBlocks][4],
+                                                   const float (&s)[kMT][2 * kBlocks][4],
+                                                   float score_scale) {
+  using Mma = MmaType<T>;
+  float mc[kMT][2];
+  scaled_row_max(mc, s, score_scale);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int kb = 0; kb < kBlocks; ++kb) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float(&sj)[4] = s[mt][2 * kb + h];
+        a[mt][kb][2 * h] = Mma::pack(fast_exp2(fmaf(sj[0], score_scale, -mc[mt][0])),
+                                     fast_exp2(fmaf(sj[1], score_scale, -mc[mt][0])));
+        a[mt][kb][2 * h + 1] = Mma::pack(fast_exp2(fmaf(sj[2], score_scale, -mc[mt][1])),
+                                         fast_exp2(fmaf(sj[3], score_scale, -mc[mt][1])));
+      }
+    }
+  }
+}
+
+// P of a phase with its normaliser and s_i·M_i folded in: exp2(s·scale - max·scale)·num/l in
+// fp32 (l summed in fp32), rounded to T. num[mt][r]: factor of the thread's rows r, r + 8.
+template <typename T, int kMT, int kBlocks>
+__device__ __forceinline__ void folded_probabilities(std::uint32_t (&a)[kMT][kBlocks][4],
+                                                     float (&s)[kMT][2 * kBlocks][4],
+                                                     const float (&num)[kMT][2],
+                                                     float score_scale) {
+  using Mma = MmaType<T>;
+  float mc[kMT][2];
+  scaled_row_max(mc, s, score_scale);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    float l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 2 * kBlocks; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[mt][j][e] = fast_exp2(fmaf(s[mt][j][e], score_scale, -mc[mt][e / 2]));
+        l[e / 2] += s[mt][j][e];
+      }
+    }
+    float factor[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      factor[r] = __fdividef(num[mt][r], l[r]);
+    }
+#pragma unroll
+    for (int kb = 0; kb < kBlocks; ++kb) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float(&sj)[4] = s[mt][2 * kb + h];
+        a[mt][kb][2 * h] = Mma::pack(sj[0] * factor[0], sj[1] * factor[0]);
+        a[mt][kb][2 * h + 1] = Mma::pack(sj[2] * factor[1], sj[3] * factor[1]);
+      }
+    }
+  }
+}
+
+// out_acc += P·V over kBlocks blocks of 16 keys; with kRowSums also l += Σ P (one more MMA per
+// block against a column of ones: the sums of the rounded P that P·V multiplies, in fp32).
+template <typename T, int kHeadDim, int kMT, int kBlocks, bool kRowSums>
+__device__ __forceinline__ void accumulate_pv(float (&out_acc)[kMT][kHeadDim / 8][4],
+                                              float (&l)[kMT][4],
+                                              const std::uint32_t (&a)[kMT][kBlocks][4],
+                                              std::uint32_t vb0,
+                                              const std::uint32_t (&v_off)[kHeadDim / 16]) {
+  using Mma = MmaType<T>;
+  constexpr std::uint32_t kBlockBytes = 16 * kHeadDim * sizeof(T);
+#pragma unroll
+  for (int kb = 0; kb < kBlocks; ++kb) {
+    if constexpr (kRowSums) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) Mma::mma(l[mt], a[mt][kb], Mma::kOnes, Mma::kOnes);
+    }
+#pragma unroll
+    for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+      std::uint32_t bfrag[4];
+      ldmatrix_x4_trans_at(bfrag, vb0 + kb * kBlockBytes + v_off[dp]);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        Mma::mma(out_acc[mt][2 * dp], a[mt][kb], bfrag[0], bfrag[1]);
+        Mma::mma(out_acc[mt][2 * dp + 1], a[mt][kb], bfrag[2], bfrag[3]);
+      }
+    }
+  }
+}
+
+// out_acc = (Σ P)⁻¹ · out_acc per row, after accumulate_pv<..., true> from zero.
+template <int kHeadDim, int kMT>
+__device__ __forceinline__ void normalise_rows(float (&out_acc)[kMT][kHeadDim / 8][4],
+                                               const float (&l)[kMT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    const float inv0 = __fdividef(1.0f, l[mt][0]);
+    const float inv1 = __fdividef(1.0f, l[mt][2]);
+#pragma unroll
+    for (int j = 0; j < kHeadDim / 8; ++j) {
+      out_acc[mt][j][0] *= inv0;
+      out_acc[mt][j][1] *= inv0;
+      out_acc[mt][j][2] *= inv1;
+      out_acc[mt][j][3] *= inv1;
+    }
+  }
+}
+
+template <int kMT, int kN>
+__device__ __forceinline__ void zero(float (&acc)[kMT][kN][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.0f;
+    }
+  }
+}
+
+// The text phase of kMT tiles, assigning out_acc = softmax(q·Kᵀ/sqrt(d))·V: unnormalised P,
+// row sums by MMA, one scaling at the end (no adds or shuffles for the sums).
+template <typename T, int kHeadDim, int kMT, int kBlocks>
+__device__ __forceinline__ void text_phase(float (&out_acc)[kMT][kHeadDim / 8][4],
+                                           const std::uint32_t (&q_frag)[kMT][kHeadDim / 16][4],
+                                           std::uint32_t kb0, std::uint32_t vb0,
+                                           const std::uint32_t (&k_off)[kHeadDim / 16],
+                                           const std::uint32_t (&v_off)[kHeadDim / 16],
+                                           int valid) {
+  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
+  std::uint32_t a[kMT][kBlocks][4];
+  {
+    float s[kMT][2 * kBlocks][4];
+    phase_scores<T, kHeadDim, kMT, kBlocks>(s, q_frag, kb0, k_off, valid);
+    softmax_numerators<T, kMT, kBlocks>(a, s, score_scale);
+  }
+  float l[kMT][4] = {};
+  zero(out_acc);
+  accumulate_pv<T, kHeadDim, kMT, kBlocks, true>(out_acc, l, a, vb0, v_off);
+  normalise_rows<kHeadDim, kMT>(out_acc, l);
+}
+
+// An ip phase of kMT tiles, one pass, accumulating into out_acc: out_acc += (P·num/l)·V with P
+// in fp32 (folded_probabilities). Its few keys make the fp32 sums cheap, and folding keeps a
+// single output accumulator.
+template <typename T, int kHeadDim, int kMT, int kBlocks>
+__device__ __forceinline__ void folded_phase(float (&out_acc)[kMT][kHeadDim / 8][4],
+                                             const std::uint32_t (&q_frag)[kMT][kHeadDim / 16][4],
+                                             std::uint32_t kb0, std::uint32_t vb0,
+                                             const std::uint32_t (&k_off)[kHeadDim / 16],
+                                             const std::uint32_t (&v_off)[kHeadDim / 16],
+                                             int valid, const float (&num)[kMT][2]) {
+  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
+  std::uint32_t a[kMT][kBlocks][4];
+  {
+    float s[kMT][2 * kBlocks][4];
+    phase_scores<T, kHeadDim, kMT, kBlocks>(s, q_frag, kb0, k_off, valid);
+    folded_probabilities<T, kMT, kBlocks>(a, s, num, score_scale);
+  }
+  float unused[kMT][4];
+  accumulate_pv<T, kHeadDim, kMT, kBlocks, false>(out_acc, unused, a, vb0, v_off);
+}
+
+// Calls f(std::integral_constant<int, B>{}) with B = the 16-key blocks of `valid` keys (1..5):
+// phase bodies are compiled per block count.
+template <typename F>
+__device__ __forceinline__ void dispatch_key_blocks(int valid, F&& f) {
   switch ((valid + 15) / 16) {
-    case 1:
-      one_pass_phase<T, kHeadDim, 1>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
-      break;
-    case 2:
-      one_pass_phase<T, kHeadDim, 2>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
-      break;
-    case 3:
-      one_pass_phase<T, kHeadDim, 3>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
-      break;
-    case 4:
-      one_pass_phase<T, kHeadDim, 4>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
-      break;
-    default:
-      one_pass_phase<T, kHeadDim, 5>(out_acc, q_frag, kb0, vb0, k_off, v_off, valid, num);
-      break;
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    default: f(std::integral_constant<int, 5>{}); break;
   }
 }
 }  // namespace attention_detail
@@ -1063,29 +1198,37 @@ cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
   return cudaGetLastError();
 }
 
-// ---- Persistent variant: one wave of CTAs, each walking a contiguous range of 16-row tiles ----
-// For the SDXL shape (every phase <= 80 keys, one-pass softmax). The resident variant re-reads a
-// (batch, head)'s 24 KB of K/V from L2 for every 64 query rows, more bytes than its q and out,
-// and each warp runs one dependent load → compute → store chain. Here the grid is about one CTA
-// per SM; CTA c owns tiles [c·R, c·R + R) of the (pair = b·H + h, row tile) order, R chosen so that
-// the range touches at most kMaxPairs pairs. Their K/V are loaded once behind the CTA's only
-// barrier; each warp then walks its tiles (warp, warp + kWarps, ...) with a kStages-deep cp.async
-// ring of q tiles (the next load is issued as soon as a tile's q is in registers) and writes out
-// through its own staging tile with 16-byte stores. The per-tile math is the resident one-pass
-// variant's: scores in fp32, each phase normalised on its own, s·M/l folded into P.
+// ---- Persistent variant: one wave of CTAs, each walking a contiguous range of 32-row tiles ----
+// For head dim 64 with every phase <= 80 keys (SDXL: 77 text + 16 ip tokens). The grid is about
+// one CTA per SM; CTA c owns tiles [c·R, c·R + R) of the (pair = b·H + h, row tile) order, R
+// chosen so that the range touches at most kMaxPairs pairs, whose K/V are loaded once behind the
+// CTA's only barrier. Each warp walks its tiles (warp, warp + kWarps, ...) with a kStages-deep
+// cp.async ring of q tiles (the next load is issued as soon as a tile's q is in registers) and
+// writes out through its own staging tile with 16-byte stores; ring and staging rows are padded
+// by 16 bytes, which keeps ldmatrix and the staging writes free of bank conflicts with
+// compile-time addresses. A warp tile is two 16-row MMA
+// tiles, so every K/V fragment read from shared memory serves 32 rows. The text phase assigns
+// the output (exp2 on f16 pairs, row sums by MMA, see text_phase); each ip phase adds
+// s_i·M_i·softmax·V with the factor folded into P (folded_phase).
+// The kernel waits for the grid before it in the stream (griddepcontrol.wait) before it reads
+// anything, so it may be launched early (programmatic dependent launch) to hide launch latency.
 
-template <int kHeadDim, int kWarpsT = 16, int kStagesT = 2, int kCtasPerSmT = 1>
+template <int kHeadDimT, int kWarpsT, int kStagesT = 2, int kCtasPerSmT = 1, int kMmaTilesT = 2>
 struct PersistentTile {
+  static constexpr int kHeadDim = kHeadDimT;
   static constexpr int kWarps = kWarpsT;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kStages = kStagesT;      // q tiles in flight per warp
   static constexpr int kCtasPerSm = kCtasPerSmT;
+  static constexpr int kMmaTiles = kMmaTilesT;  // 16-row MMA tiles per warp tile
+  static constexpr int kRows = 16 * kMmaTiles;  // query rows per warp tile
   static constexpr int kMaxPairs = 2;           // (batch, head) pairs a CTA's range may touch
   static constexpr int kSingleKeys = 80;        // keys of any phase (77 text → 5 blocks of 16)
   static constexpr int kChunks = kHeadDim / 8;
+  static constexpr int kPitch = kHeadDim + 8;   // elements per row of the q ring and staging
   static std::size_t smem_bytes(int key_rows, std::size_t elem) {
     return (static_cast<std::size_t>(kMaxPairs) * 2 * key_rows * kHeadDim +
-            static_cast<std::size_t>(kWarps) * (kStages + 1) * 16 * kHeadDim) *
+            static_cast<std::size_t>(kWarps) * (kStages + 1) * kRows * kPitch) *
            elem;
   }
 };
@@ -1093,24 +1236,33 @@ struct PersistentTile {
 // kProbe (benchmarks only): 0 the attention; 1 q in and out written, no math (memory pattern);
 // 2 the math alone, no q loaded and nothing stored.
 // kIpOneBlock: every ip phase has <= 16 tokens (its body is compiled for one key block).
-template <typename T, int kHeadDim, int kWarpsT, int kStagesT, int kCtasPerSmT, bool kIpOneBlock,
-          int kProbe = 0>
-__global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
+template <typename T, typename Tile, bool kIpOneBlock, int kProbe = 0>
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     decoupled_attention_persistent_kernel(const DecoupledAttentionParams p, int tiles_per_pair,
                                           int tiles_per_cta, int total_tiles) {
-  using Tile = PersistentTile<kHeadDim, kWarpsT, kStagesT, kCtasPerSmT>;
+  constexpr int kHeadDim = Tile::kHeadDim;
   using Mma = attention_detail::MmaType<T>;
   using attention_detail::ResidentPhase;
   constexpr int kStages = Tile::kStages;
   constexpr int kWarps = Tile::kWarps;
+  constexpr int kMT = Tile::kMmaTiles;
+  constexpr int kRows = Tile::kRows;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kDTiles = kHeadDim / 8;
   constexpr int kChunks = Tile::kChunks;
-  constexpr int kTileElems = 16 * kHeadDim;
-  constexpr int kLaneChunks = 16 * kChunks / 32;  // 16-byte chunks of a tile per lane
+  constexpr int kPitch = Tile::kPitch;
+  constexpr int kTileElems = kRows * kPitch;
+  constexpr int kLaneChunks = kRows * kChunks / 32;  // 16-byte chunks of a tile per lane
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  __shared__ ResidentPhase s_phase[1 + kMaxIdentities];
+  __shared__ ResidentPhase s_phase[kMaxIdentities];
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Nothing the previous grid writes is read before this; letting the next grid launch now
+  // costs nothing, since it waits the same way.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" :::);
+#endif
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -1118,12 +1270,12 @@ __global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
   const int end_tile = min(first_tile + tiles_per_cta, total_tiles);
   const int first_pair = first_tile / tiles_per_pair;
   const int num_pairs = (end_tile - 1) / tiles_per_pair - first_pair + 1;
-  const int num_phases = (p.include_text ? 1 : 0) + p.num_identities;
-  int rows = p.include_text ? (p.text_len + 15) / 16 * 16 : 0;
+  const int text_rows = p.include_text ? (p.text_len + 15) / 16 * 16 : 0;
+  int rows = text_rows;
   for (int i = 0; i < p.num_identities; ++i) rows += (p.ip[i].tokens + 15) / 16 * 16;
 
   T* s_kv = reinterpret_cast<T*>(smem_raw);  // [kMaxPairs][K rows, V rows][d], swizzled
-  // [kStages + 1][16, d]: this warp's q ring, then its out staging tile
+  // [kStages + 1][kRows, kPitch]: this warp's q ring, then its out staging tile
   T* s_ring = s_kv + Tile::kMaxPairs * 2 * rows * kHeadDim + warp * (kStages + 1) * kTileElems;
   T* s_out = s_ring + kStages * kTileElems;
 
@@ -1135,31 +1287,31 @@ __global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
   const int b1 = h0 + 1 == p.heads ? b0 + 1 : b0;
   const int h1 = h0 + 1 == p.heads ? 0 : h0 + 1;
   const int boundary = (first_pair + 1) * tiles_per_pair;
+  const int image0 = b0 % p.images_per_chunk;  // mask rows are per image of a chunk
+  const int image1 = b1 % p.images_per_chunk;
   struct TilePos {
-    int slot, b, h, row0;
+    int slot, b, h, image, row0;
   };
   auto tile_pos = [&](int g) {
     const bool next = g >= boundary;
-    return TilePos{next ? 1 : 0, next ? b1 : b0, next ? h1 : h0,
-                   (g - (next ? boundary : boundary - tiles_per_pair)) * 16};
+    return TilePos{next ? 1 : 0, next ? b1 : b0, next ? h1 : h0, next ? image1 : image0,
+                   (g - (next ? boundary : boundary - tiles_per_pair)) * kRows};
   };
   // The i-th tile of this warp into ring slot i % kStages (rows past N zero-filled).
   auto issue_q = [&](int i) {
     const int g = first_tile + warp + i * kWarps;
     if (kProbe == 2 || g >= end_tile) return;
     const TilePos t = tile_pos(g);
-    const int row0 = t.row0;
-    const T* src = q_all + t.b * p.q_batch_stride + static_cast<std::int64_t>(t.h) * kHeadDim;
-    T* dst = s_ring + (i % kStages) * kTileElems;
+    const int n0 = t.row0 + lane / kChunks;  // this lane's first row; then every 32/kChunks
+    const T* src = q_all + t.b * p.q_batch_stride + n0 * p.q_row_stride +
+                   static_cast<std::int64_t>(t.h) * kHeadDim + (lane % kChunks) * 8;
+    T* dst = s_ring + (i % kStages) * kTileElems + (lane / kChunks) * kPitch + (lane % kChunks) * 8;
 #pragma unroll
     for (int k = 0; k < kLaneChunks; ++k) {
-      const int r = lane / kChunks + k * (32 / kChunks);
-      const int c = lane % kChunks;
-      const int n = row0 + r;
-      const bool valid = n < p.queries;
-      attention_detail::cp_async_16(dst + attention_detail::swizzle<kHeadDim>(r, c * 8),
-                                    valid ? src + n * p.q_row_stride + c * 8 : src,
+      const bool valid = n0 + k * (32 / kChunks) < p.queries;
+      attention_detail::cp_async_16(dst + k * (32 / kChunks) * kPitch, valid ? src : q_all,
                                     valid ? 16 : 0);
+      src += (32 / kChunks) * p.q_row_stride;
     }
   };
 
@@ -1167,17 +1319,20 @@ __global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
   issue_q(0);
   attention_detail::cp_async_commit();
   if (threadIdx.x == 0) {
-    int n = 0, start = 0;
-    if (p.include_text) {
-      s_phase[n++] = ResidentPhase{start, p.text_len, 1.0f, nullptr, 0};
-      start += (p.text_len + 15) / 16 * 16;
-    }
+    int start = text_rows;
     for (int i = 0; i < p.num_identities; ++i) {
-      s_phase[n++] = ResidentPhase{start, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask,
-                                   p.ip[i].mask_rows};
+      s_phase[i] = ResidentPhase{start, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask,
+                                 p.ip[i].mask_rows};
       start += (p.ip[i].tokens + 15) / 16 * 16;
     }
   }
+  const int num_phases = (p.include_text ? 1 : 0) + p.num_identities;
+  // K/V of the range's pairs: thread t copies 16-byte chunk t % kChunks of rows t / kChunks,
+  // + kRowsPerPass, ... of every phase (rows past its count zero-filled). Phases start at
+  // multiples of 16 rows, so the swizzle depends on the local row only.
+  constexpr int kRowsPerPass = Tile::kThreads / kChunks;
+  const int kv_chunk = threadIdx.x % kChunks;
+  const int kv_row0 = threadIdx.x / kChunks;
   for (int slot = 0; slot < num_pairs; ++slot) {
     const int pair = first_pair + slot;
     const int b = pair / p.heads;
@@ -1199,15 +1354,15 @@ __global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
       const std::int64_t vs = text ? p.v_row_stride : p.ip[id].row_stride;
       const int count = text ? p.text_len : p.ip[id].tokens;
       const int padded = (count + 15) / 16 * 16;
-      for (int idx = threadIdx.x; idx < padded * kChunks; idx += Tile::kThreads) {
-        const int r = idx / kChunks;
-        const int c = idx % kChunks;
+      const T* k_src = k + kv_row0 * ks + head_col + kv_chunk * 8;
+      const T* v_src = v + kv_row0 * vs + head_col + kv_chunk * 8;
+      for (int r = kv_row0; r < padded; r += kRowsPerPass) {
         const bool valid = r < count;
-        const int dst = attention_detail::swizzle<kHeadDim>(start + r, c * 8);
-        attention_detail::cp_async_16(sk + dst, valid ? k + r * ks + head_col + c * 8 : k,
-                                      valid ? 16 : 0);
-        attention_detail::cp_async_16(sv + dst, valid ? v + r * vs + head_col + c * 8 : v,
-                                      valid ? 16 : 0);
+        const int dst = (start + r) * kHeadDim + ((kv_chunk ^ (r & 7)) << 3);
+        attention_detail::cp_async_16(sk + dst, valid ? k_src : k, valid ? 16 : 0);
+        attention_detail::cp_async_16(sv + dst, valid ? v_src : v, valid ? 16 : 0);
+        k_src += kRowsPerPass * ks;
+        v_src += kRowsPerPass * vs;
       }
       start += padded;
     }
@@ -1234,55 +1389,62 @@ __global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
     attention_detail::cp_async_wait<kStages - 1>();
     __syncwarp();
     const TilePos t = tile_pos(first_tile + warp + i * kWarps);
-    const T* sq = s_ring + (i % kStages) * kTileElems;
-    std::uint32_t q_frag[kKSteps][4];
+    const T* sq = s_ring + (i % kStages) * kTileElems + (lane % 16) * kPitch + (lane / 16) * 8;
+    std::uint32_t q_frag[kMT][kKSteps][4];
 #pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      attention_detail::ldmatrix_x4(
-          q_frag[kk],
-          sq + attention_detail::swizzle<kHeadDim>(lane % 16, kk * 16 + (lane / 16) * 8));
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        attention_detail::ldmatrix_x4(q_frag[mt][kk], sq + mt * 16 * kPitch + kk * 16);
+      }
     }
     __syncwarp();  // every lane holds its q fragments: the slot may be refilled
     issue_q(i + kStages);
     attention_detail::cp_async_commit();
 
-    float out_acc[kDTiles][4];
-#pragma unroll
-    for (int j = 0; j < kDTiles; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) out_acc[j][e] = 0.0f;
-    }
     const std::uint32_t k_addr = kv_addr + t.slot * pair_bytes;
     const std::uint32_t v_addr = k_addr + pair_bytes / 2;
-    for (int ph = 0; ph < (kProbe == 1 ? 0 : num_phases); ++ph) {
-      const ResidentPhase phase = s_phase[ph];
-      float num[2];
+    // s_i · M_i of an identity for the thread's rows (mask row of this tile's image)
+    auto ip_factors = [&](const ResidentPhase& phase, float (&num)[kMT][2]) {
+      const float* mask =  // [N] or null
+          phase.mask == nullptr ? nullptr
+                                : phase.mask + static_cast<std::int64_t>(
+                                                   min(t.image, phase.mask_rows - 1)) *
+                                                   p.queries;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        num[r] = phase.scale;
-        if (phase.mask != nullptr) {
-          const int n = t.row0 + my_row + r * 8;
-          const int mrow = min(t.b % p.images_per_chunk, phase.mask_rows - 1);
-          num[r] *= n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
-                                  : 0.0f;
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int n = t.row0 + mt * 16 + my_row + r * 8;
+          num[mt][r] = mask == nullptr ? phase.scale
+                                       : (n < p.queries ? phase.scale * mask[n] : 0.0f);
         }
       }
+    };
+    float out_acc[kMT][kDTiles][4];
+    if (kProbe == 1 || !p.include_text) {
+      attention_detail::zero(out_acc);
+    } else {
+      attention_detail::dispatch_key_blocks(p.text_len, [&](auto blocks) {
+        attention_detail::text_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
+            out_acc, q_frag, k_addr, v_addr, k_off, v_off, p.text_len);
+      });
+    }
+    for (int id = 0; id < (kProbe == 1 ? 0 : p.num_identities); ++id) {
+      const ResidentPhase phase = s_phase[id];
+      float num[kMT][2];
+      ip_factors(phase, num);
       const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
       if constexpr (kIpOneBlock) {
-        // SDXL: the text phase (<= 80 keys), then ip phases of <= 16 tokens each.
-        if (ph == 0 && p.include_text) {
-          attention_detail::one_pass_phase_any<T, kHeadDim>(out_acc, q_frag, k_addr + start_bytes,
+        attention_detail::folded_phase<T, kHeadDim, kMT, 1>(out_acc, q_frag, k_addr + start_bytes,
                                                             v_addr + start_bytes, k_off, v_off,
                                                             phase.count, num);
-        } else {
-          attention_detail::one_pass_phase<T, kHeadDim, 1>(out_acc, q_frag, k_addr + start_bytes,
-                                                           v_addr + start_bytes, k_off, v_off,
-                                                           phase.count, num);
-        }
       } else {
-        attention_detail::one_pass_phase_any<T, kHeadDim>(out_acc, q_frag, k_addr + start_bytes,
-                                                          v_addr + start_bytes, k_off, v_off,
-                                                          phase.count, num);
+        attention_detail::dispatch_key_blocks(phase.count, [&](auto blocks) {
+          attention_detail::folded_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
+              out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, k_off, v_off,
+              phase.count, num);
+        });
       }
     }
     const int b = t.b;
@@ -1292,40 +1454,47 @@ __global__ void __launch_bounds__(32 * kWarpsT, kCtasPerSmT)
     // "Add ip only": the previous out joins the fp32 sum, so the result is rounded once.
     if (!p.include_text) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int n = row0 + my_row + r * 8;
-        if (n < p.queries) {
+      for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-          for (int j = 0; j < kDTiles; ++j) {
-            const float2 old = Mma::unpack(*reinterpret_cast<const std::uint32_t*>(
-                out_base + n * p.out_row_stride + j * 8 + my_col));
-            out_acc[j][2 * r] += old.x;
-            out_acc[j][2 * r + 1] += old.y;
+        for (int r = 0; r < 2; ++r) {
+          const int n = row0 + mt * 16 + my_row + r * 8;
+          if (n < p.queries) {
+#pragma unroll
+            for (int j = 0; j < kDTiles; ++j) {
+              const float2 old = Mma::unpack(*reinterpret_cast<const std::uint32_t*>(
+                  out_base + n * p.out_row_stride + j * 8 + my_col));
+              out_acc[mt][j][2 * r] += old.x;
+              out_acc[mt][j][2 * r + 1] += old.y;
+            }
           }
         }
       }
     }
     if (kProbe == 2 && p.batch > 0) continue;
     // The previous tile's 16-byte stores have read s_out (the __syncwarp at the loop head).
+    T* my_out = s_out + my_row * kPitch + my_col;
 #pragma unroll
-    for (int j = 0; j < kDTiles; ++j) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        *reinterpret_cast<std::uint32_t*>(
-            s_out + attention_detail::swizzle<kHeadDim>(my_row + r * 8, j * 8 + my_col)) =
-            Mma::pack(out_acc[j][2 * r], out_acc[j][2 * r + 1]);
+      for (int j = 0; j < kDTiles; ++j) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          *reinterpret_cast<std::uint32_t*>(my_out + (mt * 16 + r * 8) * kPitch + j * 8) =
+              Mma::pack(out_acc[mt][j][2 * r], out_acc[mt][j][2 * r + 1]);
+        }
       }
     }
     __syncwarp();
+    const int n0 = row0 + lane / kChunks;
+    T* dst = out_base + n0 * p.out_row_stride + (lane % kChunks) * 8;
+    const T* staged = s_out + (lane / kChunks) * kPitch + (lane % kChunks) * 8;
 #pragma unroll
     for (int k = 0; k < kLaneChunks; ++k) {
-      const int r = lane / kChunks + k * (32 / kChunks);
-      const int c = lane % kChunks;
-      const int n = row0 + r;
-      if (n < p.queries) {
-        *reinterpret_cast<uint4*>(out_base + n * p.out_row_stride + c * 8) =
-            *reinterpret_cast<const uint4*>(s_out + attention_detail::swizzle<kHeadDim>(r, c * 8));
+      if (n0 + k * (32 / kChunks) < p.queries) {
+        *reinterpret_cast<uint4*>(dst) =
+            *reinterpret_cast<const uint4*>(staged + k * (32 / kChunks) * kPitch);
       }
+      dst += (32 / kChunks) * p.out_row_stride;
     }
   }
 }
@@ -1344,36 +1513,33 @@ inline int persistent_smem_limit() noexcept {
 
 // Whether the persistent variant takes these params on the current device: one-pass phases
 // (<= 80 keys) and the K/V of kMaxPairs pairs plus the warps' rings fit in shared memory.
-template <int kHeadDim, int kWarps = 16, int kStages = 2, int kCtasPerSm = 1>
+template <typename Tile>
 bool persistent_attention_fits(const DecoupledAttentionParams& params, std::size_t elem) noexcept {
-  using Tile = PersistentTile<kHeadDim, kWarps, kStages, kCtasPerSm>;
   const int key_rows = resident_key_rows(params);
   if (key_rows == 0 || max_phase_keys(params) > Tile::kSingleKeys) return false;
-  const long long tiles =
-      static_cast<long long>(params.batch) * params.heads * ((params.queries + 15) / 16);
+  const long long tiles = static_cast<long long>(params.batch) * params.heads *
+                          ((params.queries + Tile::kRows - 1) / Tile::kRows);
   return tiles <= 0x7fffffffLL &&
          Tile::smem_bytes(key_rows, elem) <= static_cast<std::size_t>(persistent_smem_limit());
 }
 
 // Launches the persistent variant with a given tile. max_ctas > 0 caps the grid below one CTA per
-// SM slot (tests use it to make warps walk many tiles and ranges span two pairs).
-template <typename T, int kHeadDim, int kWarps = 16, int kStages = 2, int kCtasPerSm = 1,
-          int kProbe = 0>
+// SM slot (tests use it to make warps walk many tiles and ranges span two pairs). early_launch:
+// on sm_90+, allow the launch to start before the previous kernel in the stream has finished
+// (programmatic dependent launch; the kernel waits for it before reading anything).
+template <typename T, typename Tile, int kProbe = 0>
 cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params,
-                                        cudaStream_t stream, int max_ctas = 0) noexcept {
-  using Tile = PersistentTile<kHeadDim, kWarps, kStages, kCtasPerSm>;
-  if (!persistent_attention_fits<kHeadDim, kWarps, kStages, kCtasPerSm>(params, sizeof(T)))
-    return cudaErrorInvalidValue;
+                                        cudaStream_t stream, int max_ctas = 0,
+                                        bool early_launch = true) noexcept {
+  if (!persistent_attention_fits<Tile>(params, sizeof(T))) return cudaErrorInvalidValue;
   bool ip_one_block = true;
   for (int i = 0; i < params.num_identities; ++i) {
     ip_one_block = ip_one_block && params.ip[i].tokens <= 16;
   }
   auto* kernel =
       ip_one_block
-          ? decoupled_attention_persistent_kernel<T, kHeadDim, kWarps, kStages, kCtasPerSm, true,
-                                                  kProbe>
-          : decoupled_attention_persistent_kernel<T, kHeadDim, kWarps, kStages, kCtasPerSm, false,
-                                                  kProbe>;
+          ? decoupled_attention_persistent_kernel<T, Tile, true, kProbe>
+          : decoupled_attention_persistent_kernel<T, Tile, false, kProbe>;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return cudaErrorInvalidDevice;
   // Set on every launch (a host-side attribute write, no device work): a once-per-process flag
@@ -1382,31 +1548,49 @@ cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params,
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem));
   if (e != cudaSuccess) return e;
-  int sms = 0;
+  int sms = 0, major = 0;
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (e != cudaSuccess) return e;
-  const int tiles_per_pair = (params.queries + 15) / 16;
+  const int tiles_per_pair = (params.queries + Tile::kRows - 1) / Tile::kRows;
   const long long total =
       static_cast<long long>(params.batch) * params.heads * tiles_per_pair;
-  const long long slots = max_ctas > 0 ? max_ctas : static_cast<long long>(sms) * kCtasPerSm;
+  const long long slots =
+      max_ctas > 0 ? max_ctas : static_cast<long long>(sms) * Tile::kCtasPerSm;
   long long per_cta = (total + slots - 1) / slots;
   // A range of at most tiles_per_pair tiles touches at most two pairs.
   const long long max_per_cta = static_cast<long long>(tiles_per_pair) * (Tile::kMaxPairs - 1);
   per_cta = per_cta < max_per_cta ? per_cta : max_per_cta;
   const long long grid = (total + per_cta - 1) / per_cta;
-  kernel<<<static_cast<unsigned>(grid), Tile::kThreads, smem, stream>>>(
-      params, tiles_per_pair, static_cast<int>(per_cta), static_cast<int>(total));
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(grid));
+  config.blockDim = dim3(Tile::kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = early_launch && major >= 9 ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, params, tiles_per_pair, static_cast<int>(per_cta),
+                            static_cast<int>(total));
 }
 
-// The default persistent tile (d 64). Over the SDXL step (docs/performance.md), same device call:
-// H200 16 warps 0.845 ms vs 0.927 ms for the resident default; H100 12 warps 0.845 ms, 16 warps
-// 0.893 ms, resident default 0.947 ms. test_cuda passed with 12 warps on the H100.
-struct DefaultPersistent {
-  static constexpr int kWarps = 12;
-  static constexpr int kStages = 2;
-  static constexpr int kCtasPerSm = 1;
-};
+// The persistent tiles the launchers use (d 64): the default (measured, docs/performance.md),
+// and a smaller one for key sets whose K/V leave too little shared memory for the default's rings
+// (several identities with up to 80 tokens each).
+using DefaultPersistentTile = PersistentTile<64, 16, 2, 1, 1>;
+using SmallPersistentTile = PersistentTile<64, 6, 2, 1, 2>;
+
+// The persistent variant with the first tile that fits; cudaErrorInvalidValue if none does.
+template <typename T>
+cudaError_t launch_persistent_default(const DecoupledAttentionParams& params, cudaStream_t stream,
+                                      int max_ctas = 0) noexcept {
+  if (persistent_attention_fits<DefaultPersistentTile>(params, sizeof(T))) {
+    return launch_persistent_attention<T, DefaultPersistentTile>(params, stream, max_ctas);
+  }
+  return launch_persistent_attention<T, SmallPersistentTile>(params, stream, max_ctas);
+}
 
 // The default tiles of the resident variants (measured on an H200 over the SDXL step, d 64:
 // docs/performance.md). One pass: 4 warps × 1 block of 16 rows at 96 registers (20 warps per SM)
@@ -1430,11 +1614,9 @@ cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
     using D = DefaultResident<kHeadDim>;
     if (max_phase_keys(params) <= ResidentTile<kHeadDim>::kSingleKeys) {
       if constexpr (kHeadDim == 64) {
-        using P = DefaultPersistent;
-        if (persistent_attention_fits<kHeadDim, P::kWarps, P::kStages, P::kCtasPerSm>(params,
-                                                                                   sizeof(T))) {
-          return launch_persistent_attention<T, kHeadDim, P::kWarps, P::kStages, P::kCtasPerSm>(
-              params, stream);
+        if (persistent_attention_fits<DefaultPersistentTile>(params, sizeof(T)) ||
+            persistent_attention_fits<SmallPersistentTile>(params, sizeof(T))) {
+          return launch_persistent_default<T>(params, stream);
         }
       }
       return launch_resident_attention<T, kHeadDim, D::kWarps, D::kOnePassGroups, true,
@@ -1459,11 +1641,7 @@ cudaError_t launch_decoupled_attention_variant(AttentionVariant variant,
   const cudaError_t status = check_decoupled_attention(params);
   if (status != cudaSuccess) return status;
   if (variant == AttentionVariant::kPersistent) {
-    if constexpr (kHeadDim == 64) {
-      using P = DefaultPersistent;
-      return launch_persistent_attention<T, kHeadDim, P::kWarps, P::kStages, P::kCtasPerSm>(
-          params, stream, max_ctas);
-    }
+    if constexpr (kHeadDim == 64) return launch_persistent_default<T>(params, stream, max_ctas);
     return cudaErrorInvalidValue;
   }
   const int key_rows = resident_key_rows(params);
