@@ -4,8 +4,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda/resampler.hpp"
 
@@ -189,27 +187,13 @@ NormJob norm_job(const float* in, const float* weight, const float* bias, int ro
   return j;
 }
 
-// INSTANTID_RESAMPLER_GEMM=cublas forces the cuBLAS path (benchmark comparison); "auto" or unset
-// keeps `requested`.
-GemmPath gemm_path_from_environment(GemmPath requested) {
-  const char* value = std::getenv("INSTANTID_RESAMPLER_GEMM");
-  if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return requested;
-  if (std::strcmp(value, "cublas") == 0) return GemmPath::kCublas;
-  throw_mismatch("GpuResampler: INSTANTID_RESAMPLER_GEMM", value, "auto or cublas");
-}
-
-// Programmatic dependent launches on sm_90+ when requested, unless INSTANTID_RESAMPLER_PDL=0.
+// Programmatic dependent launches on sm_90+ when requested.
 bool programmatic_launch_wanted(bool requested) {
   int device = 0, major = 0;
   check_cuda(cudaGetDevice(&device), "GpuResampler: cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
              "GpuResampler: compute capability");
-  const char* value = std::getenv("INSTANTID_RESAMPLER_PDL");
-  if (value != nullptr && *value != '\0' && std::strcmp(value, "0") != 0 &&
-      std::strcmp(value, "1") != 0) {
-    throw_mismatch("GpuResampler: INSTANTID_RESAMPLER_PDL", value, "0 or 1");
-  }
-  return requested && major >= 9 && !(value != nullptr && std::strcmp(value, "0") == 0);
+  return requested && major >= 9;
 }
 
 }  // namespace
@@ -303,7 +287,7 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
 
   // The largest GEMM has the kv rows: batch · (tokens + 16).
   gemm_ = std::make_unique<LinearGemm>(static_cast<int>(kv_rows),
-                                       gemm_path_from_environment(options.gemm_path),
+                                       options.gemm_path,
                                        options.ctas_per_sm, options.lane_rows);
   programmatic_ = programmatic_launch_wanted(options.programmatic);
   gemm_->set_programmatic(programmatic_);

@@ -33,9 +33,7 @@ struct GpuResamplerOptions {
 class GpuResampler {
  public:
   // Uploads every weight (validated against layout and output_dim) and sizes the workspace for
-  // up to max_batch inputs of up to max_tokens tokens each. For programs that cannot pass
-  // options (bench_cuda), INSTANTID_RESAMPLER_GEMM=cublas and INSTANTID_RESAMPLER_PDL=0 override
-  // gemm_path and programmatic.
+  // up to max_batch inputs of up to max_tokens tokens each.
   GpuResampler(const ModelLayout& layout, int output_dim, const ResamplerWeights& weights,
                int max_batch, int max_tokens = 1,
                const GpuResamplerOptions& options = GpuResamplerOptions());

@@ -154,7 +154,8 @@ Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<flo
 }
 
 void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens,
-                     instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto) {
+                     instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto,
+                     bool programmatic = true) {
   const bool cublas = path == instantid::cuda::GemmPath::kCublas;
   INFO("dim " << layout.dim << " D_out " << d_out << " batch " << batch << " tokens " << tokens
               << (cublas ? " cuBLAS" : " skinny GEMM"));
@@ -169,6 +170,7 @@ void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens
       [&] {
         instantid::cuda::GpuResamplerOptions o;
         o.gemm_path = path;
+        o.programmatic = programmatic;
         return o;
       }());
   CHECK(gpu.gemm_path() == path);
@@ -228,10 +230,8 @@ TEST_CASE("GPU Resampler matches fp64 (reduced sizes, cond+uncond and concat bat
 TEST_CASE("GPU Resampler matches fp64 at SDXL sizes (random weights)", "[cuda][resampler]") {
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1);
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kCublas);
-  // Plain launches instead of programmatic dependent ones (read by the constructor).
-  setenv("INSTANTID_RESAMPLER_PDL", "0", 1);
-  check_resampler(ModelLayout::sdxl(), 2048, 2, 1);
-  unsetenv("INSTANTID_RESAMPLER_PDL");
+  // Plain launches instead of programmatic dependent ones.
+  check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, false);
 }
 
 TEST_CASE("GPU Resampler: batches past the skinny GEMM's 64 rows use cuBLAS", "[cuda][resampler]") {
