@@ -327,7 +327,12 @@ void bench_tune(cudaStream_t stream) {
   tune_persistent<16, 2, 1, 1>(layers, stream, bytes);
   tune_persistent<16, 2, 1, 1>(layers, stream, bytes, false);
   tune_persistent<20, 2, 1, 1>(layers, stream, bytes);
+  tune_persistent<12, 2, 1, 1>(layers, stream, bytes);
+  tune_persistent<8, 2, 1, 1>(layers, stream, bytes);
+  tune_persistent<16, 3, 1, 1>(layers, stream, bytes);
   tune_persistent<12, 2, 1, 2>(layers, stream, bytes);
+  tune_persistent<10, 2, 1, 2>(layers, stream, bytes);
+  tune_persistent<8, 2, 1, 2>(layers, stream, bytes);
   tune_persistent<6, 2, 1, 2>(layers, stream, bytes);
   tune_persistent<16, 2, 1, 1, 1>(layers, stream, bytes);
   tune_persistent<16, 2, 1, 1, 2>(layers, stream, bytes);
@@ -390,22 +395,36 @@ std::map<std::string, HostTensor> resampler_weights(const instantid::ModelLayout
   return w;
 }
 
+// The Resampler with its default GEMMs (skinny fp32 kernel, programmatic launches) and with
+// the cuBLAS SGEMM path it replaced, in the same process.
 void bench_resampler(cudaStream_t stream) {
   const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
   const int d_out = 2048, batch = 2;
   const auto w = resampler_weights(layout, d_out);
-  instantid::cuda::GpuResampler gpu(
-      layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.at(s); }, batch, 1);
-  DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);
-  DeviceBuffer y(static_cast<std::size_t>(batch) * 16 * d_out * 4);
-  check_cuda(cudaMemset(x.data(), 0, x.bytes()), "memset");
-  cudaGraphExec_t exec = capture(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
-  const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
   double weight_bytes = 0;
   for (const auto& kv : w) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
-  row("resampler_cond_uncond", s, weight_bytes,
-      ", \"batch\": 2, \"dtype\": \"f32 (cuBLAS SGEMM, no TF32)\", \"note\": \"bytes = weights read\"");
-  cudaGraphExecDestroy(exec);
+  for (bool cublas : {false, true}) {
+    instantid::cuda::GpuResamplerOptions options;
+    if (cublas) {
+      options.gemm_path = instantid::cuda::GemmPath::kCublas;
+      options.programmatic = false;
+    }
+    instantid::cuda::GpuResampler gpu(
+        layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.at(s); }, batch,
+        1, options);
+    DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);
+    DeviceBuffer y(static_cast<std::size_t>(batch) * 16 * d_out * 4);
+    check_cuda(cudaMemset(x.data(), 0, x.bytes()), "memset");
+    cudaGraphExec_t exec =
+        capture(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
+    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+    row(cublas ? "resampler_cond_uncond_cublas_path" : "resampler_cond_uncond", s, weight_bytes,
+        cublas ? ", \"batch\": 2, \"dtype\": \"f32 (cuBLAS SGEMM, no TF32, plain launches)\", "
+                 "\"note\": \"bytes = weights read\""
+               : ", \"batch\": 2, \"dtype\": \"f32 (skinny GEMM, programmatic launches)\", "
+                 "\"note\": \"bytes = weights read\"");
+    cudaGraphExecDestroy(exec);
+  }
 }
 
 void bench_prepare(cudaStream_t stream) {

@@ -1579,7 +1579,7 @@ cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params,
 // The persistent tiles the launchers use (d 64): the default (measured, docs/performance.md),
 // and a smaller one for key sets whose K/V leave too little shared memory for the default's rings
 // (several identities with up to 80 tokens each).
-using DefaultPersistentTile = PersistentTile<64, 16, 2, 1, 1>;
+using DefaultPersistentTile = PersistentTile<64, 12, 2, 1, 1>;
 using SmallPersistentTile = PersistentTile<64, 6, 2, 1, 2>;
 
 // The persistent variant with the first tile that fits; cudaErrorInvalidValue if none does.
