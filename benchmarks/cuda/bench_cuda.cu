@@ -310,7 +310,10 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
   row("tune_sdxl_step_fused_persistent_w" + std::to_string(kWarps) + "_s" +
           std::to_string(kStages) + "_c" + std::to_string(kCtasPerSm) + "_r" +
           std::to_string(16 * kMmaTiles) +
-          (kProbe == 1 ? "_probe_memory_only" : kProbe == 2 ? "_probe_math_only" : "") +
+          (kProbe == 1   ? "_probe_memory_only"
+           : kProbe == 2 ? "_probe_math_only"
+           : kProbe == 3 ? "_probe_prologue_only"
+                         : "") +
           (early ? "" : "_no_early_launch"),
       s, bytes, extra);
   cudaGraphExecDestroy(exec);
@@ -324,18 +327,15 @@ void bench_tune(cudaStream_t stream) {
   double bytes = 0;
   for (const Layer& l : layers) bytes += l.bytes(true);
   tune_step<4, 1, true, 20>(layers, stream, bytes);  // the resident variant's default
+  tune_persistent<12, 2, 1, 1>(layers, stream, bytes);  // the default
+  tune_persistent<12, 2, 1, 1>(layers, stream, bytes, false);
   tune_persistent<16, 2, 1, 1>(layers, stream, bytes);
-  tune_persistent<16, 2, 1, 1>(layers, stream, bytes, false);
-  tune_persistent<20, 2, 1, 1>(layers, stream, bytes);
-  tune_persistent<12, 2, 1, 1>(layers, stream, bytes);
   tune_persistent<8, 2, 1, 1>(layers, stream, bytes);
-  tune_persistent<16, 3, 1, 1>(layers, stream, bytes);
   tune_persistent<12, 2, 1, 2>(layers, stream, bytes);
-  tune_persistent<10, 2, 1, 2>(layers, stream, bytes);
-  tune_persistent<8, 2, 1, 2>(layers, stream, bytes);
-  tune_persistent<6, 2, 1, 2>(layers, stream, bytes);
-  tune_persistent<16, 2, 1, 1, 1>(layers, stream, bytes);
-  tune_persistent<16, 2, 1, 1, 2>(layers, stream, bytes);
+  tune_persistent<8, 2, 2, 1>(layers, stream, bytes);
+  tune_persistent<12, 2, 1, 1, 1>(layers, stream, bytes);
+  tune_persistent<12, 2, 1, 1, 2>(layers, stream, bytes);
+  tune_persistent<12, 2, 1, 1, 3>(layers, stream, bytes);
 }
 
 void bench_layers(cudaStream_t stream) {

@@ -1234,7 +1234,8 @@ struct PersistentTile {
 };
 
 // kProbe (benchmarks only): 0 the attention; 1 q in and out written, no math (memory pattern);
-// 2 the math alone, no q loaded and nothing stored.
+// 2 the math alone, no q loaded and nothing stored; 3 the prologue alone (K/V and the first q
+// tiles loaded, then exit).
 // kIpOneBlock: every ip phase has <= 16 tokens (its body is compiled for one key block).
 template <typename T, typename Tile, bool kIpOneBlock, int kProbe = 0>
 __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
@@ -1375,6 +1376,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   }
   attention_detail::cp_async_wait<kStages - 1>();  // q tile 0 and this thread's K/V
   __syncthreads();  // everyone's K/V and the phase table
+  if (kProbe == 3) return;
 
   const int my_row = lane / 4;
   const int my_col = (lane % 4) * 2;
