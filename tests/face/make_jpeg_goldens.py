@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the JPEG parity fixtures of test_jpeg (tests/data/face/jpeg/): small JPEG files of every
 kind decode_image meets (baseline 4:2:0 / 4:2:2 / 4:4:4, odd sizes, progressive, restart markers,
-grayscale, CMYK, EXIF orientation) and, for each, the pixels PIL hands ComfyUI — Image.open,
+grayscale, CMYK, YCCK (written by make_ycck_jpeg.c), EXIF orientation) and, for each, the pixels PIL hands ComfyUI — Image.open,
 ImageOps.exif_transpose, convert("RGB") — as a PNG golden, plus jpeg_goldens.json.
 
 Run with a Pillow venv outside the repository (CI never runs Python):
@@ -88,6 +88,11 @@ def main():
             f.write(data)
         written[name] = data
         cases.append((name, None, None))
+
+    # Written by libjpeg, not Pillow (which cannot write YCCK): tests/face/make_ycck_jpeg.c.
+    with open(os.path.join(OUT, "ycck.jpg"), "rb") as f:
+        written["ycck.jpg"] = f.read()
+    cases.append(("ycck.jpg", None, None))
 
     for name, _, _ in cases:
         data = written[name]
