@@ -2,6 +2,7 @@
 // InstantIDModel: the weights of an InstantID checkpoint (spec §1), validated against a layout and
 // held as float32 on the host. Backends upload what they need when a patch is prepared.
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -45,6 +46,21 @@ class InstantIDModel {
   // Names and shapes every tensor of `layout` must have, D_out given.
   static std::map<std::string, std::vector<std::int64_t>> expected_shapes(
       const ModelLayout& layout, int output_dim);
+
+  // Deterministic random weights for demos, tests and benchmarks (not a trained model): every
+  // tensor of expected_shapes(layout, output_dim), at a trained network's scales so activations
+  // stay O(1):
+  //   2-D (linear) weights [out, in]     U(-1, 1) / sqrt(in)
+  //   1-D names ending in ".bias"        U(-1, 1) * 0.02
+  //   other 1-D (LayerNorm weights)      1 + U(-1, 1) * 0.1
+  //   image_proj.latents [1, 16, dim]    U(-1, 1)
+  // A tensor's values depend only on (seed, its name, its size), never on the other tensors: a
+  // layout with no layers gives only the Resampler's "image_proj.*" tensors, with the same values.
+  // output_dim must be > 0.
+  static std::map<std::string, HostTensor> synthetic_tensors(const ModelLayout& layout,
+                                                             int output_dim, std::uint64_t seed);
+  // synthetic_tensors through from_tensors; source() says "synthetic checkpoint (...seed N)".
+  static InstantIDModel synthetic(const ModelLayout& layout, int output_dim, std::uint64_t seed);
 
  private:
   ModelLayout layout_;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <system_error>
@@ -76,7 +78,67 @@ int validate(const ShapeMap& shapes, const ModelLayout& layout, const std::strin
   return output_dim;
 }
 
+// splitmix64: a small, well-mixed generator; values depend only on (seed, index).
+struct SplitMix64 {
+  std::uint64_t state;
+  explicit SplitMix64(std::uint64_t seed) : state(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  float uniform() {  // [-1, 1), 24 random bits: exact in float
+    return static_cast<float>(next() >> 40) * (2.0f / 16777216.0f) - 1.0f;
+  }
+};
+
+// FNV-1a of the name, started from the seed: one independent stream per tensor.
+std::uint64_t hash_name(const std::string& name, std::uint64_t seed) {
+  std::uint64_t h = 1469598103934665603ull ^ seed;
+  for (char c : name) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return h;
+}
+
+HostTensor random_tensor(std::vector<std::int64_t> shape, float scale, float offset,
+                         std::uint64_t seed) {
+  HostTensor tensor(std::move(shape));
+  SplitMix64 random(seed);
+  for (float& value : tensor.values()) value = offset + scale * random.uniform();
+  return tensor;
+}
+
 }  // namespace
+
+std::map<std::string, HostTensor> InstantIDModel::synthetic_tensors(const ModelLayout& layout,
+                                                                    int output_dim,
+                                                                    std::uint64_t seed) {
+  INSTANTID_CHECK(output_dim > 0, "synthetic_tensors output_dim: got ", output_dim,
+                  ", expected > 0");
+  std::map<std::string, HostTensor> tensors;
+  for (const auto& [name, shape] : expected_shapes(layout, output_dim)) {
+    const std::uint64_t tensor_seed = hash_name(name, seed);
+    const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (shape.size() == 2) {
+      const float bound = 1.0f / std::sqrt(static_cast<float>(shape[1]));
+      tensors.emplace(name, random_tensor(shape, bound, 0.0f, tensor_seed));
+    } else if (shape.size() == 1 && is_bias) {
+      tensors.emplace(name, random_tensor(shape, 0.02f, 0.0f, tensor_seed));
+    } else if (shape.size() == 1) {
+      tensors.emplace(name, random_tensor(shape, 0.1f, 1.0f, tensor_seed));
+    } else {
+      tensors.emplace(name, random_tensor(shape, 1.0f, 0.0f, tensor_seed));
+    }
+  }
+  return tensors;
+}
+
+InstantIDModel InstantIDModel::synthetic(const ModelLayout& layout, int output_dim,
+                                         std::uint64_t seed) {
+  return from_tensors(
+      synthetic_tensors(layout, output_dim, seed), layout,
+      make_message("synthetic checkpoint (deterministic random weights, seed ", seed, ")"));
+}
 
 std::map<std::string, std::vector<std::int64_t>> InstantIDModel::expected_shapes(
     const ModelLayout& layout, int output_dim) {

@@ -41,7 +41,8 @@ double elapsed_ms(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-// splitmix64: a small, fast, well-mixed generator; values depend only on (seed, stream, index).
+// splitmix64 for the demo's inputs (identity, q/k/v); the weights come from
+// InstantIDModel::synthetic, which uses the same generator.
 struct Random {
   std::uint64_t state;
   explicit Random(std::uint64_t seed) : state(seed) {}
@@ -68,29 +69,6 @@ HostTensor random_tensor(std::vector<std::int64_t> shape, float scale, float off
   Random random(seed);
   for (float& value : tensor.values()) value = offset + scale * random.uniform();
   return tensor;
-}
-
-// Synthetic weights with the scales of a trained network (so activations stay O(1)): linear
-// weights U(±1/sqrt(fan_in)), LayerNorm weights near 1, biases near 0, latents U(±1).
-InstantIDModel synthetic_model(const ModelLayout& layout, int output_dim, std::uint64_t seed) {
-  std::map<std::string, HostTensor> tensors;
-  for (const auto& [name, shape] : InstantIDModel::expected_shapes(layout, output_dim)) {
-    const std::uint64_t tensor_seed = hash_name(name, seed);
-    const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
-    if (shape.size() == 2) {
-      const float bound = 1.0f / std::sqrt(static_cast<float>(shape[1]));
-      tensors.emplace(name, random_tensor(shape, bound, 0.0f, tensor_seed));
-    } else if (shape.size() == 1 && is_bias) {
-      tensors.emplace(name, random_tensor(shape, 0.02f, 0.0f, tensor_seed));
-    } else if (shape.size() == 1) {
-      tensors.emplace(name, random_tensor(shape, 0.1f, 1.0f, tensor_seed));
-    } else {
-      tensors.emplace(name, random_tensor(shape, 1.0f, 0.0f, tensor_seed));
-    }
-  }
-  return InstantIDModel::from_tensors(
-      std::move(tensors), layout,
-      make_message("synthetic checkpoint (deterministic random weights, seed ", seed, ")"));
 }
 
 // ComfyUI's "simple" scheduler over the discrete SDXL schedule: every (1000/steps)-th sigma from
@@ -257,7 +235,7 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
     const int output_dim = use_cuda ? 2048 : 256;
     out << "checkpoint: SYNTHETIC - deterministic random weights (seed " << seed
         << "), not a trained model\n";
-    model = synthetic_model(layout, output_dim, seed);
+    model = InstantIDModel::synthetic(layout, output_dim, seed);
     embeds = random_tensor({1, layout.embed_dim}, 1.7f, 0.0f, hash_name("face", seed));
     out << "identity: SYNTHETIC face embedding [1, " << layout.embed_dim << "]\n";
   }
