@@ -419,16 +419,9 @@ TEST_CASE("demo runs the real pipeline: face -> embedding -> patch -> steps", "[
   // A checkpoint whose Resampler takes the 128-d embeddings of shared/models' MobileFaceNet
   // (there is no real antelopev2/InstantID pair small enough to ship): reduced layout, D_out 32.
   const instantid::ModelLayout layout = instantid::ModelLayout::reduced(10, 128, 64, 1);
-  std::vector<HostTensor> storage;
+  const auto storage = instantid::InstantIDModel::synthetic_tensors(layout, 32, 500);
   std::vector<std::pair<std::string, const HostTensor*>> tensors;
-  const auto shapes = instantid::InstantIDModel::expected_shapes(layout, 32);
-  storage.reserve(shapes.size());
-  std::uint64_t seed = 500;
-  for (const auto& [name, shape] : shapes) {
-    const float scale = shape.size() == 2 ? 0.125f : 0.5f;
-    storage.push_back(hash_values(seed++, shape, scale));
-    tensors.emplace_back(name, &storage.back());
-  }
+  for (const auto& [name, t] : storage) tensors.emplace_back(name, &t);
   const std::string checkpoint = write_input("checkpoint_128.safetensors", tensors);
   const Result r = run({"demo", "--checkpoint", checkpoint, "--models", models, "--image", image,
                         "--steps", "2", "--device", "cpu"});

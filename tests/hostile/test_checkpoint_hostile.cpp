@@ -225,9 +225,7 @@ TEST_CASE("torch zip: NaN weights are reported with the tensor's name", "[hostil
 
 TEST_CASE("model: a NaN weight is refused with its name", "[hostile]") {
   const auto layout = instantid::ModelLayout::reduced(10, 8, 64, 1);
-  std::map<std::string, instantid::HostTensor> tensors;
-  for (const auto& [name, shape] : instantid::InstantIDModel::expected_shapes(layout, 64))
-    tensors.emplace(name, instantid::HostTensor(shape, 0.01f));
+  auto tensors = instantid::InstantIDModel::synthetic_tensors(layout, 64, 1);
   REQUIRE_NOTHROW(instantid::InstantIDModel::from_tensors(tensors, layout));
   tensors.at("ip_adapter.3.to_v_ip.weight").values()[5] = std::numeric_limits<float>::quiet_NaN();
   CHECK_THAT(refusal([&] { instantid::InstantIDModel::from_tensors(tensors, layout); }),

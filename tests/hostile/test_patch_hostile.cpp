@@ -65,14 +65,7 @@ const ModelLayout& layout() {
 }
 
 std::map<std::string, HostTensor> model_tensors() {
-  std::map<std::string, HostTensor> tensors;
-  std::uint64_t salt = 1;
-  for (const auto& [name, shape] : InstantIDModel::expected_shapes(layout(), 64)) {
-    const bool is_norm_weight = name.find("norm") != std::string::npos &&
-                                name.find("weight") != std::string::npos;
-    tensors.emplace(name, is_norm_weight ? HostTensor(shape, 1.0f) : filled(shape, salt++));
-  }
-  return tensors;
+  return InstantIDModel::synthetic_tensors(layout(), 64, 1);
 }
 
 const InstantIDModel& model() {

@@ -1,6 +1,6 @@
 // The reference and the CPU AttentionPatch at the real SDXL shapes (Resampler 1280 wide, 20 heads,
-// D_out 2048, 70 layers of width 640/1280, 4096/1024-token layers), with random weights built in
-// C++ (about 1.7 GB of float32), checked against independent float64 loops.
+// D_out 2048, 70 layers of width 640/1280, 4096/1024-token layers), with InstantIDModel::synthetic's
+// random weights (about 1.7 GB of float32), checked against independent float64 loops.
 
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -13,32 +13,10 @@
 namespace instantid {
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// Uniform weights with the variance of torch's default init scale (1 / fan_in), LayerNorm weights
-// near 1 and small biases, so activations stay in the range of the real model.
+// InstantIDModel::synthetic: linear weights U(±1/sqrt(fan_in)), LayerNorm weights near 1 and small
+// biases, so activations stay in the range of the real model.
 const InstantIDModel& sdxl_model() {
-  static const InstantIDModel model = [] {
-    const ModelLayout layout = ModelLayout::sdxl();
-    std::map<std::string, HostTensor> tensors;
-    std::uint32_t seed = 1;
-    for (const auto& [name, shape] : InstantIDModel::expected_shapes(layout, 2048)) {
-      HostTensor t = test::hash_values(seed++, shape, 1.0f);
-      if (shape.size() == 1 && ends_with(name, "weight")) {
-        for (float& x : t.values()) x = 1.0f + 0.1f * x;
-      } else if (shape.size() == 1) {
-        for (float& x : t.values()) x *= 0.1f;
-      } else {
-        const float s = std::sqrt(3.0f / static_cast<float>(shape.back()));
-        for (float& x : t.values()) x *= s;
-      }
-      tensors.emplace(name, std::move(t));
-    }
-    return InstantIDModel::from_tensors(std::move(tensors), layout, "random sdxl");
-  }();
+  static const InstantIDModel model = InstantIDModel::synthetic(ModelLayout::sdxl(), 2048, 1);
   return model;
 }
 
