@@ -27,6 +27,7 @@
 #include "cuda/ip_projection.hpp"
 #include "cuda/resampler.hpp"
 #include "instantid/kernels/decoupled_attention.cuh"
+#include "instantid/model.hpp"
 
 namespace {
 
@@ -319,6 +320,80 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
   cudaGraphExecDestroy(exec);
 }
 
+// Timeline of the default persistent kernel over the 70-layer step (probe 4: every warp records
+// %globaltimer at entry, after griddepcontrol.wait, after the K/V barrier, after its last tile's
+// math and at exit). Per layer shape, medians over layers of: the layer's span (first wait
+// released → last warp exited), the boundary (last exit of the previous layer → first wait
+// released), and per warp the prologue (K/V barrier), math, and store/drain phases. Runs last:
+// it overwrites the first rows of every q.
+void bench_timeline(const std::vector<Layer>& layers, cudaStream_t stream) {
+  using Tile = kernels::DefaultPersistentTile;
+  cudaGraphExec_t exec = capture(stream, [&] {
+    for (const Layer& l : layers) {
+      check_cuda(kernels::launch_persistent_attention<__half, Tile, 4>(l.params, stream),
+                 "timeline launch");
+    }
+  });
+  for (int i = 0; i < 4; ++i) check_cuda(cudaGraphLaunch(exec, stream), "graph");
+  check_cuda(cudaStreamSynchronize(stream), "timeline");
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "device");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "sms");
+  struct Layout {
+    std::vector<double> span, boundary, prologue, math, drain, end_spread;
+  };
+  std::map<int, Layout> by_width;
+  auto median = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  double previous_end = 0;
+  for (std::size_t li = 0; li < layers.size(); ++li) {
+    const Layer& l = layers[li];
+    const int tiles_per_pair = (l.n + Tile::kRows - 1) / Tile::kRows;
+    const long long total = 2LL * (l.c / 64) * tiles_per_pair;
+    const long long per_cta = std::min<long long>((total + sms - 1) / sms, tiles_per_pair);
+    const long long grid = (total + per_cta - 1) / per_cta;
+    std::vector<std::uint64_t> rec(static_cast<std::size_t>(grid) * Tile::kWarps * 8);
+    check_cuda(cudaMemcpy(rec.data(), l.q.data(), rec.size() * 8, cudaMemcpyDeviceToHost),
+               "timeline copy");
+    double first_run = 1e300, last_end = 0, first_end = 1e300;
+    Layout& out = by_width[l.c];
+    std::vector<double> prologue, math, drain;
+    for (std::size_t w = 0; w < rec.size() / 8; ++w) {
+      const std::uint64_t* r = &rec[w * 8];
+      first_run = std::min(first_run, static_cast<double>(r[1]));
+      last_end = std::max(last_end, static_cast<double>(r[4]));
+      first_end = std::min(first_end, static_cast<double>(r[4]));
+      prologue.push_back(static_cast<double>(r[2] - r[1]));
+      if (r[5] > 0) {
+        math.push_back(static_cast<double>(r[3] - r[2]));
+        drain.push_back(static_cast<double>(r[4] - r[3]));
+      }
+    }
+    out.span.push_back(last_end - first_run);
+    if (li > 0) out.boundary.push_back(first_run - previous_end);
+    out.prologue.push_back(median(prologue));
+    out.math.push_back(median(math));
+    out.drain.push_back(median(drain));
+    out.end_spread.push_back(last_end - first_end);
+    previous_end = last_end;
+  }
+  for (const auto& [width, t] : by_width) {
+    std::printf(
+        "{\"bench\": \"timeline_persistent_%s\", \"card\": \"%s\", \"layers\": %zu, "
+        "\"span_us\": %.2f, \"boundary_us\": %.2f, \"warp_prologue_us\": %.2f, "
+        "\"warp_math_us\": %.2f, \"warp_store_drain_us\": %.2f, \"exit_spread_us\": %.2f, "
+        "\"note\": \"medians over layers; span = first wait released to last exit; boundary = "
+        "previous layer's last exit to this layer's first wait released\"}\n",
+        width == 640 ? "4096x640" : "1024x1280", g_card.c_str(), t.span.size(),
+        median(t.span) * 1e-3, median(t.boundary) * 1e-3, median(t.prologue) * 1e-3,
+        median(t.math) * 1e-3, median(t.drain) * 1e-3, median(t.end_spread) * 1e-3);
+  }
+  cudaGraphExecDestroy(exec);
+}
+
 void bench_tune(cudaStream_t stream) {
   std::vector<Layer> layers;
   std::uint32_t seed = 3;
@@ -336,6 +411,7 @@ void bench_tune(cudaStream_t stream) {
   tune_persistent<12, 2, 1, 1, 1>(layers, stream, bytes);
   tune_persistent<12, 2, 1, 1, 2>(layers, stream, bytes);
   tune_persistent<12, 2, 1, 1, 3>(layers, stream, bytes);
+  bench_timeline(layers, stream);
 }
 
 void bench_layers(cudaStream_t stream) {
@@ -362,37 +438,12 @@ void bench_layers(cudaStream_t stream) {
   }
 }
 
-std::map<std::string, HostTensor> resampler_weights(const instantid::ModelLayout& layout, int d_out) {
-  std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::map<std::string, HostTensor> w;
-  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, float sd, float mean) {
-    HostTensor t(shape);
-    for (float& x : t.values()) x = mean + sd * normal(rng);
-    w.emplace(name, std::move(t));
-  };
-  const int dim = layout.dim, inner = layout.heads * layout.dim_head, ff = dim * layout.ff_mult;
-  auto lin = [&](const std::string& n, int o, int i) { add(n, {o, i}, 1.0f / std::sqrt(float(i)), 0); };
-  add("latents", {1, layout.num_queries, dim}, 1, 0);
-  lin("proj_in.weight", dim, layout.embed_dim);
-  add("proj_in.bias", {dim}, 0.1f, 0);
-  lin("proj_out.weight", d_out, dim);
-  add("proj_out.bias", {d_out}, 0.1f, 0);
-  add("norm_out.weight", {d_out}, 0.1f, 1);
-  add("norm_out.bias", {d_out}, 0.1f, 0);
-  for (int i = 0; i < layout.depth; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    for (const char* n : {"0.norm1", "0.norm2", "1.0"}) {
-      add(p + n + ".weight", {dim}, 0.1f, 1);
-      add(p + n + ".bias", {dim}, 0.1f, 0);
-    }
-    lin(p + "0.to_q.weight", inner, dim);
-    lin(p + "0.to_kv.weight", 2 * inner, dim);
-    lin(p + "0.to_out.weight", dim, inner);
-    lin(p + "1.1.weight", ff, dim);
-    lin(p + "1.3.weight", dim, ff);
-  }
-  return w;
+// The Resampler's tensors of InstantIDModel::synthetic (a layout without layers has no
+// ip_adapter.* projections).
+instantid::InstantIDModel resampler_weights(const instantid::ModelLayout& layout, int d_out) {
+  instantid::ModelLayout resampler_only = layout;
+  resampler_only.layers.clear();
+  return instantid::InstantIDModel::synthetic(resampler_only, d_out, 5);
 }
 
 // The Resampler with its default GEMMs (skinny fp32 kernel, programmatic launches) and with
@@ -400,9 +451,9 @@ std::map<std::string, HostTensor> resampler_weights(const instantid::ModelLayout
 void bench_resampler(cudaStream_t stream) {
   const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
   const int d_out = 2048, batch = 2;
-  const auto w = resampler_weights(layout, d_out);
+  const instantid::InstantIDModel w = resampler_weights(layout, d_out);
   double weight_bytes = 0;
-  for (const auto& kv : w) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
+  for (const auto& kv : w.tensors()) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
   for (bool cublas : {false, true}) {
     instantid::cuda::GpuResamplerOptions options;
     if (cublas) {
@@ -410,8 +461,8 @@ void bench_resampler(cudaStream_t stream) {
       options.programmatic = false;
     }
     instantid::cuda::GpuResampler gpu(
-        layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.at(s); }, batch,
-        1, options);
+        layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.image_proj(s); },
+        batch, 1, options);
     DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);
     DeviceBuffer y(static_cast<std::size_t>(batch) * 16 * d_out * 4);
     check_cuda(cudaMemset(x.data(), 0, x.bytes()), "memset");

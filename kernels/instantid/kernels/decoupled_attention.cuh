@@ -1234,8 +1234,11 @@ struct PersistentTile {
 };
 
 // kProbe (benchmarks only): 0 the attention; 1 q in and out written, no math (memory pattern);
-// 2 the math alone, no q loaded and nothing stored; 3 the prologue alone (K/V and the first q
-// tiles loaded, then exit).
+// 2 the math alone, no q loaded and nothing stored; 3 the prologue alone (K/V loaded and the
+// first q tiles requested, then exit); 4 the attention with a timeline: lane 0 of every warp writes
+// %globaltimer at entry, after griddepcontrol.wait, after the K/V barrier, after its last tile's
+// math and at exit, and its tile count, as 8 u64 at q + (blockIdx·warps + warp)·64 bytes, over
+// q rows every CTA has read by then (q is garbage afterwards).
 // kIpOneBlock: every ip phase has <= 16 tokens (its body is compiled for one key block).
 template <typename T, typename Tile, bool kIpOneBlock, int kProbe = 0>
 __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
@@ -1258,12 +1261,20 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ ResidentPhase s_phase[kMaxIdentities];
 
+  std::uint64_t stamp[5] = {};  // kProbe 4 only
+  auto timestamp = [] {
+    std::uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+  };
+  if constexpr (kProbe == 4) stamp[0] = timestamp();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Nothing the previous grid writes is read before this; letting the next grid launch now
   // costs nothing, since it waits the same way.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" :::);
 #endif
+  if constexpr (kProbe == 4) stamp[1] = timestamp();
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -1316,9 +1327,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     }
   };
 
-  // Commit groups, in order: q tile 0, all K/V, q tiles 1 .. kStages-1, then one per tile.
-  issue_q(0);
-  attention_detail::cp_async_commit();
+  // Commit groups, in order: all K/V, q tiles 0 .. kStages-1, then one per tile. K/V go first:
+  // every warp needs them, and behind the q tiles of the whole CTA (all of q, for small layers)
+  // they arrived last, holding the barrier (timeline probe, docs/performance.md).
   if (threadIdx.x == 0) {
     int start = text_rows;
     for (int i = 0; i < p.num_identities; ++i) {
@@ -1370,13 +1381,14 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   }
   attention_detail::cp_async_commit();
 #pragma unroll
-  for (int i = 1; i < kStages; ++i) {
+  for (int i = 0; i < kStages; ++i) {
     issue_q(i);
     attention_detail::cp_async_commit();
   }
-  attention_detail::cp_async_wait<kStages - 1>();  // q tile 0 and this thread's K/V
+  attention_detail::cp_async_wait<kStages>();  // this thread's K/V
   __syncthreads();  // everyone's K/V and the phase table
   if (kProbe == 3) return;
+  if constexpr (kProbe == 4) stamp[2] = timestamp();
 
   const int my_row = lane / 4;
   const int my_col = (lane % 4) * 2;
@@ -1472,6 +1484,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
         }
       }
     }
+    if constexpr (kProbe == 4) stamp[3] = timestamp();
     if (kProbe == 2 && p.batch > 0) continue;
     // The previous tile's 16-byte stores have read s_out (the __syncwarp at the loop head).
     T* my_out = s_out + my_row * kPitch + my_col;
@@ -1497,6 +1510,15 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
             *reinterpret_cast<const uint4*>(staged + k * (32 / kChunks) * kPitch);
       }
       dst += (32 / kChunks) * p.out_row_stride;
+    }
+  }
+  if constexpr (kProbe == 4) {
+    stamp[4] = timestamp();
+    if (lane == 0) {
+      auto* record = reinterpret_cast<std::uint64_t*>(const_cast<void*>(p.q)) +
+                     (static_cast<std::size_t>(blockIdx.x) * kWarps + warp) * 8;
+      for (int k = 0; k < 5; ++k) record[k] = stamp[k];
+      record[5] = static_cast<std::uint64_t>(my_tiles);
     }
   }
 }
