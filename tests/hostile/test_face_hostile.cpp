@@ -1,7 +1,7 @@
 // Images that lie: headers claiming 10^5 × 10^5 pixels, EXIF blocks pointing outside themselves,
-// truncated data, NaN pixels. decode_image must refuse from the header alone (stb_image allocates
-// with malloc, invisible to AllocProbe, so the proof here is the message: it comes from the header
-// check that runs before stbi_load_from_memory — src/face/image.cpp).
+// truncated data, NaN pixels. decode_image must refuse from the header alone (stb_image and
+// libjpeg allocate with malloc, invisible to AllocProbe, so the proof here is the message: it
+// comes from the header check that runs before either decoder sees the data — src/face/image.cpp).
 
 #include <catch2/catch.hpp>
 
