@@ -31,20 +31,7 @@ constexpr int kDOut = 128;
 ModelLayout small_layout() { return ModelLayout::reduced(10, 64, 128, 2); }  // widths 64 / 128
 
 const InstantIDModel& small_model() {
-  static const InstantIDModel model = [] {
-    const ModelLayout layout = small_layout();
-    std::mt19937 rng(42);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::map<std::string, HostTensor> tensors;
-    for (const auto& [name, shape] : InstantIDModel::expected_shapes(layout, kDOut)) {
-      HostTensor t(shape);
-      const bool norm_weight = name.find("norm") != std::string::npos && name.find("weight") != std::string::npos;
-      const float sd = shape.size() == 2 ? 1.0f / std::sqrt(static_cast<float>(shape[1])) : 0.1f;
-      for (float& x : t.values()) x = (norm_weight ? 1.0f : 0.0f) + sd * normal(rng);
-      tensors.emplace(name, std::move(t));
-    }
-    return InstantIDModel::from_tensors(std::move(tensors), layout);
-  }();
+  static const InstantIDModel model = InstantIDModel::synthetic(small_layout(), kDOut, 42);
   return model;
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda/resampler.hpp"
+#include "instantid/model.hpp"
 
 namespace {
 
@@ -21,38 +22,15 @@ using instantid::HostTensor;
 using instantid::ModelLayout;
 using Weights = std::map<std::string, HostTensor>;
 
-Weights random_weights(const ModelLayout& layout, int d_out, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
+// The Resampler's tensors of InstantIDModel::synthetic, named as GpuResampler asks for them
+// (without "image_proj."); a layout without layers has no ip_adapter.* projections.
+Weights random_weights(const ModelLayout& layout, int d_out, std::uint64_t seed) {
+  ModelLayout resampler_only = layout;
+  resampler_only.layers.clear();
+  const std::string prefix = "image_proj.";
   Weights w;
-  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, float sd, float mean) {
-    HostTensor t(shape);
-    for (float& x : t.values()) x = mean + sd * normal(rng);
-    w.emplace(name, std::move(t));
-  };
-  const int dim = layout.dim, inner = layout.heads * layout.dim_head, ff = dim * layout.ff_mult;
-  auto lin = [&](const std::string& name, int out, int in) {
-    add(name, {out, in}, 1.0f / std::sqrt(static_cast<float>(in)), 0.0f);
-  };
-  add("latents", {1, layout.num_queries, dim}, 1.0f, 0.0f);
-  lin("proj_in.weight", dim, layout.embed_dim);
-  add("proj_in.bias", {dim}, 0.1f, 0.0f);
-  lin("proj_out.weight", d_out, dim);
-  add("proj_out.bias", {d_out}, 0.1f, 0.0f);
-  add("norm_out.weight", {d_out}, 0.1f, 1.0f);
-  add("norm_out.bias", {d_out}, 0.1f, 0.0f);
-  for (int i = 0; i < layout.depth; ++i) {
-    const std::string p = "layers." + std::to_string(i) + ".";
-    for (const char* n : {"0.norm1", "0.norm2", "1.0"}) {
-      add(p + n + ".weight", {dim}, 0.1f, 1.0f);
-      add(p + n + ".bias", {dim}, 0.1f, 0.0f);
-    }
-    lin(p + "0.to_q.weight", inner, dim);
-    lin(p + "0.to_kv.weight", 2 * inner, dim);
-    lin(p + "0.to_out.weight", dim, inner);
-    lin(p + "1.1.weight", ff, dim);
-    lin(p + "1.3.weight", dim, ff);
-  }
+  for (auto& [name, t] : instantid::InstantIDModel::synthetic_tensors(resampler_only, d_out, seed))
+    w.emplace(name.substr(prefix.size()), std::move(t));
   return w;
 }
 
