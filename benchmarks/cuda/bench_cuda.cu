@@ -195,10 +195,12 @@ void bench_copy(cudaStream_t stream) {
 template <bool kWaitForPrevious>
 __global__ void copy_rows_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst,
                                  std::size_t count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if constexpr (kWaitForPrevious) {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" :::);
   }
+#endif
   for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < count;
        i += std::size_t{gridDim.x} * blockDim.x) {
     dst[i] = src[i];
@@ -210,12 +212,14 @@ __global__ void copy_rows_kernel(const uint4* __restrict__ src, uint4* __restric
 // launches. What separates it from the one-kernel copy ceiling is the cost of 70 kernel
 // boundaries, which the fused step pays too.
 void bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, major = 0;
   check_cuda(cudaGetDevice(&device), "device");
   check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "sms");
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cc");
   double bytes = 0;
   for (const Layer& l : layers) bytes += 2.0 * l.q.bytes();
   for (bool early : {false, true}) {
+    if (early && major < 9) continue;  // programmatic dependent launch needs sm_90
     cudaGraphExec_t exec = capture(stream, [&] {
       for (const Layer& l : layers) {
         cudaLaunchConfig_t config = {};
