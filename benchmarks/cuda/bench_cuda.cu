@@ -184,7 +184,8 @@ void bench_copy(cudaStream_t stream) {
   DeviceBuffer a(bytes), b(bytes);
   check_cuda(cudaMemset(a.data(), 1, bytes), "memset");
   const Stats s = time_it(stream, [&] {
-    check_cuda(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, stream), "copy");
+    check_cuda(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, stream),
+               "copy");
   });
   g_copy_gbs = 2.0 * bytes / (s.median_ms * 1e-3) / 1e9;
   row("d2d_copy_1GiB", s, 2.0 * bytes, ", \"note\": \"ceiling: bytes read + written\"");
@@ -240,8 +241,8 @@ void bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
       }
     });
     const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
-    row(std::string("probe_sdxl_step_q_to_out_copy_70_kernels") + (early ? "_early_launch" : ""),
-        s, bytes, ", \"layers\": 70");
+    row(std::string("probe_sdxl_step_q_to_out_copy_70_kernels") + (early ? "_early_launch" : ""), s,
+        bytes, ", \"layers\": 70");
     cudaGraphExecDestroy(exec);
   }
 }
@@ -250,7 +251,8 @@ void bench_step(cudaStream_t stream) {
   const int batch = 2, text = 77;
   std::vector<Layer> layers;
   std::uint32_t seed = 1;
-  for (int w : sdxl_widths()) layers.push_back(make_layer(w == 640 ? 4096 : 1024, w, batch, text, seed += 7));
+  for (int w : sdxl_widths())
+    layers.push_back(make_layer(w == 640 ? 4096 : 1024, w, batch, text, seed += 7));
   check_cuda(cudaDeviceSynchronize(), "fill");
   bench_copy_step(layers, stream);
   for (bool with_ip : {true, false}) {
@@ -277,7 +279,7 @@ void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double byt
   cudaGraphExec_t exec = capture(stream, [&] {
     for (const Layer& l : layers) {
       check_cuda(kernels::launch_resident_attention<__half, 64, kWarps, kGroups, kSingle, kSmWarps>(
-          l.params, stream),
+                     l.params, stream),
                  "tune launch");
     }
   });
@@ -301,9 +303,9 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
   using Tile = kernels::PersistentTile<64, kWarps, kStages, kCtasPerSm, kMmaTiles>;
   cudaGraphExec_t exec = capture(stream, [&] {
     for (const Layer& l : layers) {
-      check_cuda(kernels::launch_persistent_attention<__half, Tile, kProbe>(l.params, stream, 0,
-                                                                           early),
-                 "tune launch");
+      check_cuda(
+          kernels::launch_persistent_attention<__half, Tile, kProbe>(l.params, stream, 0, early),
+          "tune launch");
     }
   });
   const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
@@ -401,11 +403,12 @@ void bench_timeline(const std::vector<Layer>& layers, cudaStream_t stream) {
 void bench_tune(cudaStream_t stream) {
   std::vector<Layer> layers;
   std::uint32_t seed = 3;
-  for (int w : sdxl_widths()) layers.push_back(make_layer(w == 640 ? 4096 : 1024, w, 2, 77, seed += 7));
+  for (int w : sdxl_widths())
+    layers.push_back(make_layer(w == 640 ? 4096 : 1024, w, 2, 77, seed += 7));
   check_cuda(cudaDeviceSynchronize(), "fill");
   double bytes = 0;
   for (const Layer& l : layers) bytes += l.bytes(true);
-  tune_step<4, 1, true, 20>(layers, stream, bytes);  // the resident variant's default
+  tune_step<4, 1, true, 20>(layers, stream, bytes);     // the resident variant's default
   tune_persistent<12, 2, 1, 1>(layers, stream, bytes);  // the default
   tune_persistent<12, 2, 1, 1>(layers, stream, bytes, false);
   tune_persistent<16, 2, 1, 1>(layers, stream, bytes);
@@ -429,11 +432,11 @@ void bench_layers(cudaStream_t stream) {
       cudaGraphExec_t exec = capture(stream, [&] {
         for (const Layer& l : layers) launch(l, with_ip, stream);
       });
-      const Stats s =
-          time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); }, sets);
+      const Stats s = time_it(
+          stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); }, sets);
       char extra[160];
-      std::snprintf(extra, sizeof extra, ", \"N\": %d, \"C\": %d, \"batch\": 2, \"ip_tokens\": %d", n,
-                    w, with_ip ? 16 : 0);
+      std::snprintf(extra, sizeof extra, ", \"N\": %d, \"C\": %d, \"batch\": 2, \"ip_tokens\": %d",
+                    n, w, with_ip ? 16 : 0);
       row(std::string("layer_") + (w == 640 ? "4096x640" : "1024x1280") +
               (with_ip ? "_fused" : "_text_only"),
           s, layers[0].bytes(with_ip), extra);
@@ -495,7 +498,8 @@ void bench_prepare(cudaStream_t stream) {
     kw.push_back(std::move(a));
     vw.push_back(std::move(b));
   }
-  std::vector<float> cond(static_cast<std::size_t>(tokens) * d_out, 0.5f), uncond(cond.size(), -0.5f);
+  std::vector<float> cond(static_cast<std::size_t>(tokens) * d_out, 0.5f),
+      uncond(cond.size(), -0.5f);
   double weight_bytes = 0;
   for (const auto& t : kw) weight_bytes += 2.0 * t.numel() * 4;
   std::vector<double> ms;
@@ -507,7 +511,8 @@ void bench_prepare(cudaStream_t stream) {
         [&](int n) -> const HostTensor& { return kw[static_cast<std::size_t>(n)]; },
         [&](int n) -> const HostTensor& { return vw[static_cast<std::size_t>(n)]; },
         instantid::EmbedsScaling::kVOnly, 0.8f, instantid::DType::kF16, stream);
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     table_bytes = table.storage.bytes();
   }
   std::sort(ms.begin(), ms.end());
@@ -523,7 +528,8 @@ void bench_prepare(cudaStream_t stream) {
       "{\"bench\": \"prepared_patch_gpu_memory\", \"card\": \"%s\", \"bytes\": %zu, "
       "\"bytes_with_mask_1024\": %.0f, \"MB\": %.2f, \"note\": \"1 identity, f16, 16 tokens, 70 "
       "layers; resampler and projection weights freed\"}\n",
-      g_card.c_str(), table_bytes, static_cast<double>(table_bytes) + mask_bytes, table_bytes / 1e6);
+      g_card.c_str(), table_bytes, static_cast<double>(table_bytes) + mask_bytes,
+      table_bytes / 1e6);
   std::fflush(stdout);
 }
 

@@ -25,9 +25,9 @@ struct AttentionTile {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim 64 or 128");
   static constexpr int kWarps = 4;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kRows = 16 * kWarps;                 // query rows per CTA
-  static constexpr int kKeys = kHeadDim == 64 ? 32 : 16;    // keys per shared-memory tile
-  static constexpr int kChunks = kHeadDim / 8;              // 16-byte chunks per row
+  static constexpr int kRows = 16 * kWarps;               // query rows per CTA
+  static constexpr int kKeys = kHeadDim == 64 ? 32 : 16;  // keys per shared-memory tile
+  static constexpr int kChunks = kHeadDim / 8;            // 16-byte chunks per row
   static constexpr int kPhases = 1 + kMaxIdentities;
   static constexpr int kMinBlocks = kHeadDim == 64 ? 4 : 2;  // CTAs per SM the registers must allow
 };
@@ -83,8 +83,8 @@ __device__ __forceinline__ std::uint32_t smem_address(const void* p) {
 
 // 16-byte async copy; src_bytes == 0 zero-fills the destination without reading src.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
-               "l"(src), "r"(src_bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
+               "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int kPending>
@@ -93,14 +93,30 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 __device__ __forceinline__ void cp_async_wait_dynamic(int pending) {
   switch (pending) {
-    case 0: cp_async_wait<0>(); break;
-    case 1: cp_async_wait<1>(); break;
-    case 2: cp_async_wait<2>(); break;
-    case 3: cp_async_wait<3>(); break;
-    case 4: cp_async_wait<4>(); break;
-    case 5: cp_async_wait<5>(); break;
-    case 6: cp_async_wait<6>(); break;
-    default: cp_async_wait<7>(); break;
+    case 0:
+      cp_async_wait<0>();
+      break;
+    case 1:
+      cp_async_wait<1>();
+      break;
+    case 2:
+      cp_async_wait<2>();
+      break;
+    case 3:
+      cp_async_wait<3>();
+      break;
+    case 4:
+      cp_async_wait<4>();
+      break;
+    case 5:
+      cp_async_wait<5>();
+      break;
+    case 6:
+      cp_async_wait<6>();
+      break;
+    default:
+      cp_async_wait<7>();
+      break;
   }
 }
 
@@ -160,8 +176,8 @@ struct PhaseInfo {
   const void* v;
   std::int64_t k_stride;
   std::int64_t v_stride;
-  int count;   // keys in this phase
-  int tiles;   // key tiles
+  int count;  // keys in this phase
+  int tiles;  // key tiles
   float scale;
   const float* mask;
   int mask_rows;
@@ -170,19 +186,20 @@ struct PhaseInfo {
 }  // namespace attention_detail
 
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTile<kHeadDim>::kMinBlocks)
+__global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
+                                  AttentionTile<kHeadDim>::kMinBlocks)
     decoupled_attention_kernel(const DecoupledAttentionParams p) {
   using Tile = AttentionTile<kHeadDim>;
   using Mma = attention_detail::MmaType<T>;
   using attention_detail::PhaseInfo;
   constexpr int kKeys = Tile::kKeys;
-  constexpr int kKSteps = kHeadDim / 16;   // k-steps of q·kᵀ
-  constexpr int kDTiles = kHeadDim / 8;    // n-tiles of the output
-  constexpr int kKeyTiles = kKeys / 8;     // n-tiles of the scores
-  constexpr int kKeyBlocks = kKeys / 16;   // 16-key blocks (k-steps of P·V)
+  constexpr int kKSteps = kHeadDim / 16;  // k-steps of q·kᵀ
+  constexpr int kDTiles = kHeadDim / 8;   // n-tiles of the output
+  constexpr int kKeyTiles = kKeys / 8;    // n-tiles of the scores
+  constexpr int kKeyBlocks = kKeys / 16;  // 16-key blocks (k-steps of P·V)
 
-  __shared__ __align__(128) T s_q[Tile::kRows * kHeadDim];        // [64, d], swizzled
-  __shared__ __align__(128) T s_k[2][kKeys * kHeadDim];           // [stage][keys, d]
+  __shared__ __align__(128) T s_q[Tile::kRows * kHeadDim];  // [64, d], swizzled
+  __shared__ __align__(128) T s_k[2][kKeys * kHeadDim];     // [stage][keys, d]
   __shared__ __align__(128) T s_v[2][kKeys * kHeadDim];
   __shared__ PhaseInfo s_phase[Tile::kPhases];
   __shared__ int s_num_phases;
@@ -226,10 +243,10 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
 
   // q rows of this CTA (rows past N are zero-filled and never stored).
   {
-    const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + row0 * p.q_row_stride +
-                 head_col;
-    attention_detail::load_tile<T, kHeadDim, Tile::kRows, Tile::kThreads>(
-        s_q, q, p.q_row_stride, p.queries - row0);
+    const T* q =
+        static_cast<const T*>(p.q) + b * p.q_batch_stride + row0 * p.q_row_stride + head_col;
+    attention_detail::load_tile<T, kHeadDim, Tile::kRows, Tile::kThreads>(s_q, q, p.q_row_stride,
+                                                                          p.queries - row0);
   }
   __syncthreads();  // s_phase visible
 
@@ -266,7 +283,10 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
   int next_phase = 0, next_tile = 0;  // the tile to issue next
   if (total_tiles > 0) {
     issue_tile(0, 0, 0);
-    if (++next_tile == s_phase[0].tiles) { ++next_phase; next_tile = 0; }
+    if (++next_tile == s_phase[0].tiles) {
+      ++next_phase;
+      next_tile = 0;
+    }
   }
   attention_detail::cp_async_commit();
 
@@ -277,7 +297,10 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
     const int stage = t & 1;
     if (t + 1 < total_tiles) {
       issue_tile(next_phase, next_tile, stage ^ 1);
-      if (++next_tile == s_phase[next_phase].tiles) { ++next_phase; next_tile = 0; }
+      if (++next_tile == s_phase[next_phase].tiles) {
+        ++next_phase;
+        next_tile = 0;
+      }
       attention_detail::cp_async_commit();
       attention_detail::cp_async_wait<1>();
     } else {
@@ -400,8 +423,8 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
         if (ph.mask != nullptr) {
           const int n = row0 + warp_row + my_row + r * 8;
           const int mrow = min(b % p.images_per_chunk, ph.mask_rows - 1);
-          factor[r] *= n < p.queries ? ph.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
-                                     : 0.0f;
+          factor[r] *=
+              n < p.queries ? ph.mask[static_cast<std::int64_t>(mrow) * p.queries + n] : 0.0f;
         }
       }
 #pragma unroll
@@ -461,7 +484,8 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads, AttentionTi
     const int n = row0 + row;
     if (n < p.queries) {
       *reinterpret_cast<uint4*>(out + n * p.out_row_stride + chunk * 8) =
-          *reinterpret_cast<const uint4*>(s_q + attention_detail::swizzle<kHeadDim>(row, chunk * 8));
+          *reinterpret_cast<const uint4*>(s_q +
+                                          attention_detail::swizzle<kHeadDim>(row, chunk * 8));
     }
   }
 }
@@ -476,16 +500,17 @@ template <int kHeadDim, int kWarpsT = 4, int kGroupsT = 2>
 struct ResidentTile {
   static constexpr int kWarps = kWarpsT;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kGroups = kGroupsT;                    // 16-row blocks per warp
-  static constexpr int kRows = 16 * kWarps * kGroups;         // query rows per CTA
-  static constexpr int kChunkKeys = kHeadDim == 64 ? 32 : 16; // keys per online-softmax step
-  static constexpr int kSingleKeys = 80;                      // keys of a one-pass phase (77 → 80)
-  static constexpr int kMaxKeys = kHeadDim == 64 ? 256 : 128; // padded keys held (64 KB K+V)
+  static constexpr int kGroups = kGroupsT;                     // 16-row blocks per warp
+  static constexpr int kRows = 16 * kWarps * kGroups;          // query rows per CTA
+  static constexpr int kChunkKeys = kHeadDim == 64 ? 32 : 16;  // keys per online-softmax step
+  static constexpr int kSingleKeys = 80;  // keys of a one-pass phase (77 → 80)
+  static constexpr int kMaxKeys = kHeadDim == 64 ? 256 : 128;  // padded keys held (64 KB K+V)
   static constexpr int kMinBlocks = kHeadDim == 64 ? 4 : 2;
   static constexpr int kChunks = kHeadDim / 8;
   static std::size_t smem_bytes(int keys_padded, std::size_t elem) {
     return (2 * static_cast<std::size_t>(keys_padded) * kHeadDim +
-            static_cast<std::size_t>(kWarps) * kGroups * 16 * kHeadDim) * elem;
+            static_cast<std::size_t>(kWarps) * kGroups * 16 * kHeadDim) *
+           elem;
   }
 };
 
@@ -717,8 +742,7 @@ __device__ __forceinline__ void text_phase(float (&out_acc)[kMT][kHeadDim / 8][4
                                            const std::uint32_t (&q_frag)[kMT][kHeadDim / 16][4],
                                            std::uint32_t kb0, std::uint32_t vb0,
                                            const std::uint32_t (&k_off)[kHeadDim / 16],
-                                           const std::uint32_t (&v_off)[kHeadDim / 16],
-                                           int valid) {
+                                           const std::uint32_t (&v_off)[kHeadDim / 16], int valid) {
   const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
   std::uint32_t a[kMT][kBlocks][4];
   {
@@ -740,8 +764,8 @@ __device__ __forceinline__ void folded_phase(float (&out_acc)[kMT][kHeadDim / 8]
                                              const std::uint32_t (&q_frag)[kMT][kHeadDim / 16][4],
                                              std::uint32_t kb0, std::uint32_t vb0,
                                              const std::uint32_t (&k_off)[kHeadDim / 16],
-                                             const std::uint32_t (&v_off)[kHeadDim / 16],
-                                             int valid, const float (&num)[kMT][2]) {
+                                             const std::uint32_t (&v_off)[kHeadDim / 16], int valid,
+                                             const float (&num)[kMT][2]) {
   const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
   std::uint32_t a[kMT][kBlocks][4];
   {
@@ -758,11 +782,21 @@ __device__ __forceinline__ void folded_phase(float (&out_acc)[kMT][kHeadDim / 8]
 template <typename F>
 __device__ __forceinline__ void dispatch_key_blocks(int valid, F&& f) {
   switch ((valid + 15) / 16) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    default: f(std::integral_constant<int, 5>{}); break;
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    default:
+      f(std::integral_constant<int, 5>{});
+      break;
   }
 }
 }  // namespace attention_detail
@@ -802,8 +836,8 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
       rows += (p.text_len + 15) / 16 * 16;
     }
     for (int i = 0; i < p.num_identities; ++i) {
-      s_phase[n++] = ResidentPhase{rows, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask,
-                                   p.ip[i].mask_rows};
+      s_phase[n++] =
+          ResidentPhase{rows, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask, p.ip[i].mask_rows};
       rows += (p.ip[i].tokens + 15) / 16 * 16;
     }
     s_num_phases = n;
@@ -848,7 +882,9 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
 
   const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch_stride + head_col;
   T* out_base = static_cast<T*>(p.out) + b * p.out_batch_stride + head_col;
-  auto group_row = [&](int g) { return static_cast<int>(blockIdx.y) * Tile::kRows + (g * Tile::kWarps + warp) * 16; };
+  auto group_row = [&](int g) {
+    return static_cast<int>(blockIdx.y) * Tile::kRows + (g * Tile::kWarps + warp) * 16;
+  };
   auto issue_q = [&](int g) {
     const int row0 = group_row(g);
     T* dst = s_q + g * 16 * kHeadDim;
@@ -886,8 +922,8 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
     std::uint32_t q_frag[kKSteps][4];
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
-      attention_detail::ldmatrix_x4(
-          q_frag[kk], sq + attention_detail::swizzle<kHeadDim>(lane % 16, kk * 16 + (lane / 16) * 8));
+      attention_detail::ldmatrix_x4(q_frag[kk], sq + attention_detail::swizzle<kHeadDim>(
+                                                         lane % 16, kk * 16 + (lane / 16) * 8));
     }
     float out_acc[kDTiles][4];
 #pragma unroll
@@ -981,8 +1017,8 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
           if (phase.mask != nullptr) {
             const int n = row0 + my_row + r * 8;
             const int mrow = min(b % p.images_per_chunk, phase.mask_rows - 1);
-            factor[r] *= n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
-                                       : 0.0f;
+            factor[r] *=
+                n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n] : 0.0f;
           }
         }
 #pragma unroll
@@ -1004,117 +1040,118 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
         }
       }
     } else {
-    for (int ph = 0; ph < num_phases; ++ph) {
-      const ResidentPhase phase = s_phase[ph];
-      float o_acc[kDTiles][4];
+      for (int ph = 0; ph < num_phases; ++ph) {
+        const ResidentPhase phase = s_phase[ph];
+        float o_acc[kDTiles][4];
 #pragma unroll
-      for (int j = 0; j < kDTiles; ++j) {
+        for (int j = 0; j < kDTiles; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o_acc[j][e] = 0.0f;
-      }
-      float m_run[2] = {-INFINITY, -INFINITY};
-      float l_run[2] = {0.0f, 0.0f};
-      for (int c0 = 0; c0 < phase.count; c0 += kChunkKeys) {
-        const int valid = min(kChunkKeys, phase.count - c0);
-        const int base = phase.start + c0;
-        float s[kKeyTiles][4];
-#pragma unroll
-        for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+          for (int e = 0; e < 4; ++e) o_acc[j][e] = 0.0f;
         }
+        float m_run[2] = {-INFINITY, -INFINITY};
+        float l_run[2] = {0.0f, 0.0f};
+        for (int c0 = 0; c0 < phase.count; c0 += kChunkKeys) {
+          const int valid = min(kChunkKeys, phase.count - c0);
+          const int base = phase.start + c0;
+          float s[kKeyTiles][4];
 #pragma unroll
-        for (int kb = 0; kb < kKeyBlocks; ++kb) {
-          if (kb * 16 < valid) {
+          for (int j = 0; j < kKeyTiles; ++j) {
 #pragma unroll
-            for (int kk = 0; kk < kKSteps; ++kk) {
-              std::uint32_t bfrag[4];
-              const int key = base + kb * 16 + (lane % 8) + (lane / 16) * 8;
-              const int c = kk * 16 + ((lane / 8) % 2) * 8;
-              attention_detail::ldmatrix_x4(bfrag, s_k + attention_detail::swizzle<kHeadDim>(key, c));
-              Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
-              Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+            for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+          }
+#pragma unroll
+          for (int kb = 0; kb < kKeyBlocks; ++kb) {
+            if (kb * 16 < valid) {
+#pragma unroll
+              for (int kk = 0; kk < kKSteps; ++kk) {
+                std::uint32_t bfrag[4];
+                const int key = base + kb * 16 + (lane % 8) + (lane / 16) * 8;
+                const int c = kk * 16 + ((lane / 8) % 2) * 8;
+                attention_detail::ldmatrix_x4(bfrag,
+                                              s_k + attention_detail::swizzle<kHeadDim>(key, c));
+                Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
+                Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+              }
+            }
+          }
+          float m_tile[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+          for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int key = j * 8 + my_col + (e & 1);
+              s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
+              m_tile[e / 2] = fmaxf(m_tile[e / 2], s[j][e]);
+            }
+          }
+          float alpha[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 1));
+            m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 2));
+            const float m_new = fmaxf(m_run[r], m_tile[r]);
+            alpha[r] = attention_detail::fast_exp2(m_run[r] - m_new);
+            m_run[r] = m_new;
+            l_run[r] *= alpha[r];
+          }
+#pragma unroll
+          for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              s[j][e] = attention_detail::fast_exp2(s[j][e] - m_run[e / 2]);
+              l_run[e / 2] += s[j][e];
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < kDTiles; ++j) {
+            o_acc[j][0] *= alpha[0];
+            o_acc[j][1] *= alpha[0];
+            o_acc[j][2] *= alpha[1];
+            o_acc[j][3] *= alpha[1];
+          }
+#pragma unroll
+          for (int kb = 0; kb < kKeyBlocks; ++kb) {
+            if (kb * 16 < valid) {
+              std::uint32_t a[4];
+              a[0] = Mma::pack(s[2 * kb][0], s[2 * kb][1]);
+              a[1] = Mma::pack(s[2 * kb][2], s[2 * kb][3]);
+              a[2] = Mma::pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+              a[3] = Mma::pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+#pragma unroll
+              for (int dp = 0; dp < kDTiles / 2; ++dp) {
+                std::uint32_t bfrag[4];
+                const int key = base + kb * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+                const int c = dp * 16 + (lane / 16) * 8;
+                attention_detail::ldmatrix_x4_trans(
+                    bfrag, s_v + attention_detail::swizzle<kHeadDim>(key, c));
+                Mma::mma(o_acc[2 * dp], a, bfrag[0], bfrag[1]);
+                Mma::mma(o_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
+              }
             }
           }
         }
-        float m_tile[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int key = j * 8 + my_col + (e & 1);
-            s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
-            m_tile[e / 2] = fmaxf(m_tile[e / 2], s[j][e]);
-          }
-        }
-        float alpha[2];
+        float factor[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 1));
-          m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 2));
-          const float m_new = fmaxf(m_run[r], m_tile[r]);
-          alpha[r] = attention_detail::fast_exp2(m_run[r] - m_new);
-          m_run[r] = m_new;
-          l_run[r] *= alpha[r];
-        }
-#pragma unroll
-        for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            s[j][e] = attention_detail::fast_exp2(s[j][e] - m_run[e / 2]);
-            l_run[e / 2] += s[j][e];
+          float l = l_run[r];
+          l += __shfl_xor_sync(0xffffffffu, l, 1);
+          l += __shfl_xor_sync(0xffffffffu, l, 2);
+          factor[r] = phase.scale / l;
+          if (phase.mask != nullptr) {
+            const int n = row0 + my_row + r * 8;
+            const int mrow = min(b % p.images_per_chunk, phase.mask_rows - 1);
+            factor[r] *=
+                n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n] : 0.0f;
           }
         }
 #pragma unroll
         for (int j = 0; j < kDTiles; ++j) {
-          o_acc[j][0] *= alpha[0];
-          o_acc[j][1] *= alpha[0];
-          o_acc[j][2] *= alpha[1];
-          o_acc[j][3] *= alpha[1];
-        }
-#pragma unroll
-        for (int kb = 0; kb < kKeyBlocks; ++kb) {
-          if (kb * 16 < valid) {
-            std::uint32_t a[4];
-            a[0] = Mma::pack(s[2 * kb][0], s[2 * kb][1]);
-            a[1] = Mma::pack(s[2 * kb][2], s[2 * kb][3]);
-            a[2] = Mma::pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
-            a[3] = Mma::pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
-#pragma unroll
-            for (int dp = 0; dp < kDTiles / 2; ++dp) {
-              std::uint32_t bfrag[4];
-              const int key = base + kb * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-              const int c = dp * 16 + (lane / 16) * 8;
-              attention_detail::ldmatrix_x4_trans(bfrag,
-                                                  s_v + attention_detail::swizzle<kHeadDim>(key, c));
-              Mma::mma(o_acc[2 * dp], a, bfrag[0], bfrag[1]);
-              Mma::mma(o_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
-            }
-          }
+          out_acc[j][0] += factor[0] * o_acc[j][0];
+          out_acc[j][1] += factor[0] * o_acc[j][1];
+          out_acc[j][2] += factor[1] * o_acc[j][2];
+          out_acc[j][3] += factor[1] * o_acc[j][3];
         }
       }
-      float factor[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float l = l_run[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        factor[r] = phase.scale / l;
-        if (phase.mask != nullptr) {
-          const int n = row0 + my_row + r * 8;
-          const int mrow = min(b % p.images_per_chunk, phase.mask_rows - 1);
-          factor[r] *= n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n]
-                                     : 0.0f;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kDTiles; ++j) {
-        out_acc[j][0] += factor[0] * o_acc[j][0];
-        out_acc[j][1] += factor[0] * o_acc[j][1];
-        out_acc[j][2] += factor[1] * o_acc[j][2];
-        out_acc[j][3] += factor[1] * o_acc[j][3];
-      }
-    }
     }  // kSingle
 
     if (!p.include_text) {
@@ -1218,14 +1255,14 @@ struct PersistentTile {
   static constexpr int kHeadDim = kHeadDimT;
   static constexpr int kWarps = kWarpsT;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kStages = kStagesT;      // q tiles in flight per warp
+  static constexpr int kStages = kStagesT;  // q tiles in flight per warp
   static constexpr int kCtasPerSm = kCtasPerSmT;
   static constexpr int kMmaTiles = kMmaTilesT;  // 16-row MMA tiles per warp tile
   static constexpr int kRows = 16 * kMmaTiles;  // query rows per warp tile
   static constexpr int kMaxPairs = 2;           // (batch, head) pairs a CTA's range may touch
   static constexpr int kSingleKeys = 80;        // keys of any phase (77 text → 5 blocks of 16)
   static constexpr int kChunks = kHeadDim / 8;
-  static constexpr int kPitch = kHeadDim + 8;   // elements per row of the q ring and staging
+  static constexpr int kPitch = kHeadDim + 8;  // elements per row of the q ring and staging
   static std::size_t smem_bytes(int key_rows, std::size_t elem) {
     return (static_cast<std::size_t>(kMaxPairs) * 2 * key_rows * kHeadDim +
             static_cast<std::size_t>(kWarps) * (kStages + 1) * kRows * kPitch) *
@@ -1333,8 +1370,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   if (threadIdx.x == 0) {
     int start = text_rows;
     for (int i = 0; i < p.num_identities; ++i) {
-      s_phase[i] = ResidentPhase{start, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask,
-                                 p.ip[i].mask_rows};
+      s_phase[i] =
+          ResidentPhase{start, p.ip[i].tokens, p.ip[i].scale, p.ip[i].mask, p.ip[i].mask_rows};
       start += (p.ip[i].tokens + 15) / 16 * 16;
     }
   }
@@ -1386,7 +1423,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     attention_detail::cp_async_commit();
   }
   attention_detail::cp_async_wait<kStages>();  // this thread's K/V
-  __syncthreads();  // everyone's K/V and the phase table
+  __syncthreads();                             // everyone's K/V and the phase table
   if (kProbe == 3) return;
   if constexpr (kProbe == 4) stamp[2] = timestamp();
 
@@ -1419,19 +1456,19 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     const std::uint32_t k_addr = kv_addr + t.slot * pair_bytes;
     const std::uint32_t v_addr = k_addr + pair_bytes / 2;
     // s_i · M_i of an identity for the thread's rows (mask row of this tile's image)
-    auto ip_factors = [&](const ResidentPhase& phase, float (&num)[kMT][2]) {
+    auto ip_factors = [&](const ResidentPhase& phase, float(&num)[kMT][2]) {
       const float* mask =  // [N] or null
-          phase.mask == nullptr ? nullptr
-                                : phase.mask + static_cast<std::int64_t>(
-                                                   min(t.image, phase.mask_rows - 1)) *
-                                                   p.queries;
+          phase.mask == nullptr
+              ? nullptr
+              : phase.mask +
+                    static_cast<std::int64_t>(min(t.image, phase.mask_rows - 1)) * p.queries;
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int n = t.row0 + mt * 16 + my_row + r * 8;
-          num[mt][r] = mask == nullptr ? phase.scale
-                                       : (n < p.queries ? phase.scale * mask[n] : 0.0f);
+          num[mt][r] =
+              mask == nullptr ? phase.scale : (n < p.queries ? phase.scale * mask[n] : 0.0f);
         }
       }
     };
@@ -1463,8 +1500,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     }
     const int b = t.b;
     const int row0 = t.row0;
-    T* out_base = static_cast<T*>(p.out) + b * p.out_batch_stride +
-                  static_cast<std::int64_t>(t.h) * kHeadDim;
+    T* out_base =
+        static_cast<T*>(p.out) + b * p.out_batch_stride + static_cast<std::int64_t>(t.h) * kHeadDim;
     // "Add ip only": the previous out joins the fp32 sum, so the result is rounded once.
     if (!p.include_text) {
 #pragma unroll
@@ -1552,18 +1589,15 @@ bool persistent_attention_fits(const DecoupledAttentionParams& params, std::size
 // on sm_90+, allow the launch to start before the previous kernel in the stream has finished
 // (programmatic dependent launch; the kernel waits for it before reading anything).
 template <typename T, typename Tile, int kProbe = 0>
-cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params,
-                                        cudaStream_t stream, int max_ctas = 0,
-                                        bool early_launch = true) noexcept {
+cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params, cudaStream_t stream,
+                                        int max_ctas = 0, bool early_launch = true) noexcept {
   if (!persistent_attention_fits<Tile>(params, sizeof(T))) return cudaErrorInvalidValue;
   bool ip_one_block = true;
   for (int i = 0; i < params.num_identities; ++i) {
     ip_one_block = ip_one_block && params.ip[i].tokens <= 16;
   }
-  auto* kernel =
-      ip_one_block
-          ? decoupled_attention_persistent_kernel<T, Tile, true, kProbe>
-          : decoupled_attention_persistent_kernel<T, Tile, false, kProbe>;
+  auto* kernel = ip_one_block ? decoupled_attention_persistent_kernel<T, Tile, true, kProbe>
+                              : decoupled_attention_persistent_kernel<T, Tile, false, kProbe>;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return cudaErrorInvalidDevice;
   // Set on every launch (a host-side attribute write, no device work): a once-per-process flag
@@ -1574,13 +1608,12 @@ cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params,
   if (e != cudaSuccess) return e;
   int sms = 0, major = 0;
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e == cudaSuccess)
+    e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (e != cudaSuccess) return e;
   const int tiles_per_pair = (params.queries + Tile::kRows - 1) / Tile::kRows;
-  const long long total =
-      static_cast<long long>(params.batch) * params.heads * tiles_per_pair;
-  const long long slots =
-      max_ctas > 0 ? max_ctas : static_cast<long long>(sms) * Tile::kCtasPerSm;
+  const long long total = static_cast<long long>(params.batch) * params.heads * tiles_per_pair;
+  const long long slots = max_ctas > 0 ? max_ctas : static_cast<long long>(sms) * Tile::kCtasPerSm;
   long long per_cta = (total + slots - 1) / slots;
   // A range of at most tiles_per_pair tiles touches at most two pairs.
   const long long max_per_cta = static_cast<long long>(tiles_per_pair) * (Tile::kMaxPairs - 1);
@@ -1657,8 +1690,8 @@ cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
 
 template <typename T, int kHeadDim>
 cudaError_t launch_decoupled_attention_variant(AttentionVariant variant,
-                                               const DecoupledAttentionParams& params,
-                                               int max_ctas, cudaStream_t stream) noexcept {
+                                               const DecoupledAttentionParams& params, int max_ctas,
+                                               cudaStream_t stream) noexcept {
   if (variant == AttentionVariant::kAuto) {
     return launch_decoupled_attention<T, kHeadDim>(params, stream);
   }
