@@ -1,11 +1,13 @@
 #pragma once
 // Device templates of the fused decoupled cross-attention (see decoupled_attention.hpp for the
-// formula). Flash-attention-2 structure: a CTA owns 64 query rows of one (batch, head); each of
-// its 4 warps keeps 16 rows of q in registers and streams key/value tiles through
-// double-buffered shared memory (cp.async), scores and P·V on mma.sync m16n8k16 with fp32
-// accumulation and an online softmax per phase. Phases: the text keys, then each identity's
-// ip keys; each phase's output is normalised on its own and folded into the output accumulator
-// with its scale and mask, and the output is written once.
+// formula; docs/kernels.md for the variants and how the launcher picks one). All variants: scores
+// and P·V on mma.sync m16n8k16 with fp32 accumulation, one softmax per phase (the text keys, then
+// each identity's ip keys), each phase normalised on its own and added with its scale and mask,
+// the output written once. In this file, in order: the streaming variant (a CTA owns 64 query
+// rows of one (batch, head) and streams key/value tiles through double-buffered shared memory
+// with an online softmax), the resident variant (all keys in shared memory; its kernel follows
+// the phase helpers of the persistent variant), and the persistent variant (the SDXL default: one
+// wave of CTAs walking row tiles).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -1235,7 +1237,7 @@ cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
   return cudaGetLastError();
 }
 
-// ---- Persistent variant: one wave of CTAs, each walking a contiguous range of 32-row tiles ----
+// ---- Persistent variant: one wave of CTAs, each walking a contiguous range of row tiles -------
 // For head dim 64 with every phase <= 80 keys (SDXL: 77 text + 16 ip tokens). The grid is about
 // one CTA per SM; CTA c owns tiles [c·R, c·R + R) of the (pair = b·H + h, row tile) order, R
 // chosen so that the range touches at most kMaxPairs pairs, whose K/V are loaded once behind the
@@ -1243,10 +1245,10 @@ cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
 // cp.async ring of q tiles (the next load is issued as soon as a tile's q is in registers) and
 // writes out through its own staging tile with 16-byte stores; ring and staging rows are padded
 // by 16 bytes, which keeps ldmatrix and the staging writes free of bank conflicts with
-// compile-time addresses. A warp tile is two 16-row MMA
-// tiles, so every K/V fragment read from shared memory serves 32 rows. The text phase assigns
-// the output (exp2 on f16 pairs, row sums by MMA, see text_phase); each ip phase adds
-// s_i·M_i·softmax·V with the factor folded into P (folded_phase).
+// compile-time addresses. A warp tile is kMmaTiles 16-row MMA tiles (with 2, every K/V fragment
+// read from shared memory serves 32 rows). The text phase assigns the output (unnormalised P, row
+// sums by MMA, see text_phase); each ip phase adds s_i·M_i·softmax·V with the factor folded into
+// P (folded_phase).
 // The kernel waits for the grid before it in the stream (griddepcontrol.wait) before it reads
 // anything, so it may be launched early (programmatic dependent launch) to hide launch latency.
 
