@@ -935,111 +935,36 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
     }
 
     if constexpr (kSingle) {
-      // Lane offsets (bytes) of the ldmatrix rows: block bases are multiples of 16 rows, so the
-      // swizzle depends on the lane only.
+      // One 16-row MMA tile per group: the persistent variant's folded phase body with kMT = 1.
       std::uint32_t k_off[kKSteps], v_off[kDTiles / 2];
-#pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        const int r = (lane % 8) + (lane / 16) * 8;
-        const int chunk = (kk * 2 + (lane / 8) % 2) ^ (lane % 8);
-        k_off[kk] = static_cast<std::uint32_t>((r * kHeadDim + chunk * 8) * sizeof(T));
-      }
-#pragma unroll
-      for (int dp = 0; dp < kDTiles / 2; ++dp) {
-        const int r = (lane % 8) + ((lane / 8) % 2) * 8;
-        const int chunk = (dp * 2 + lane / 16) ^ (lane % 8);
-        v_off[dp] = static_cast<std::uint32_t>((r * kHeadDim + chunk * 8) * sizeof(T));
-      }
+      attention_detail::ldmatrix_lane_offsets<T, kHeadDim>(k_off, v_off);
       const std::uint32_t k_addr = attention_detail::smem_address(s_k);
       const std::uint32_t v_addr = attention_detail::smem_address(s_v);
-      constexpr std::uint32_t kBlockBytes = 16 * kHeadDim * sizeof(T);
+      auto& acc = reinterpret_cast<float(&)[1][kDTiles][4]>(out_acc);
+      const auto& q_tile = reinterpret_cast<const std::uint32_t(&)[1][kKSteps][4]>(q_frag);
+      const int image = b % p.images_per_chunk;
       for (int ph = 0; ph < num_phases; ++ph) {
         const ResidentPhase phase = s_phase[ph];
-        const int valid = phase.count;
-        const std::uint32_t kb0 = k_addr + phase.start * kHeadDim * sizeof(T);
-        const std::uint32_t vb0 = v_addr + phase.start * kHeadDim * sizeof(T);
-        float s[kKeyTiles][4];
-#pragma unroll
-        for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
-        }
-#pragma unroll
-        for (int kb = 0; kb < kKeyBlocks; ++kb) {
-          if (kb * 16 < valid) {
-#pragma unroll
-            for (int kk = 0; kk < kKSteps; ++kk) {
-              std::uint32_t bfrag[4];
-              attention_detail::ldmatrix_x4_at(bfrag, kb0 + kb * kBlockBytes + k_off[kk]);
-              Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
-              Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
-            }
-          }
-        }
-        float m[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int kb = 0; kb < kKeyBlocks; ++kb) {
-          if (kb * 16 < valid) {
-#pragma unroll
-            for (int j = 2 * kb; j < 2 * kb + 2; ++j) {
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int key = j * 8 + my_col + (e & 1);
-                s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
-                m[e / 2] = fmaxf(m[e / 2], s[j][e]);
-              }
-            }
-          }
-        }
-        float l[2] = {0.0f, 0.0f};
+        float num[1][2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
-          m[r] = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 2));
+          const int n = row0 + my_row + r * 8;
+          const float m =
+              phase.mask == nullptr
+                  ? 1.0f
+                  : (n < p.queries
+                         ? phase.mask[static_cast<std::int64_t>(min(image, phase.mask_rows - 1)) *
+                                          p.queries +
+                                      n]
+                         : 0.0f);
+          num[0][r] = phase.scale * m;
         }
-#pragma unroll
-        for (int kb = 0; kb < kKeyBlocks; ++kb) {
-          if (kb * 16 < valid) {
-#pragma unroll
-            for (int j = 2 * kb; j < 2 * kb + 2; ++j) {
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                s[j][e] = attention_detail::fast_exp2(s[j][e] - m[e / 2]);
-                l[e / 2] += s[j][e];
-              }
-            }
-          }
-        }
-        float factor[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-          l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-          factor[r] = phase.scale / l[r];
-          if (phase.mask != nullptr) {
-            const int n = row0 + my_row + r * 8;
-            const int mrow = min(b % p.images_per_chunk, phase.mask_rows - 1);
-            factor[r] *=
-                n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n] : 0.0f;
-          }
-        }
-#pragma unroll
-        for (int kb = 0; kb < kKeyBlocks; ++kb) {
-          if (kb * 16 < valid) {
-            std::uint32_t a[4];
-            a[0] = Mma::pack(s[2 * kb][0] * factor[0], s[2 * kb][1] * factor[0]);
-            a[1] = Mma::pack(s[2 * kb][2] * factor[1], s[2 * kb][3] * factor[1]);
-            a[2] = Mma::pack(s[2 * kb + 1][0] * factor[0], s[2 * kb + 1][1] * factor[0]);
-            a[3] = Mma::pack(s[2 * kb + 1][2] * factor[1], s[2 * kb + 1][3] * factor[1]);
-#pragma unroll
-            for (int dp = 0; dp < kDTiles / 2; ++dp) {
-              std::uint32_t bfrag[4];
-              attention_detail::ldmatrix_x4_trans_at(bfrag, vb0 + kb * kBlockBytes + v_off[dp]);
-              Mma::mma(out_acc[2 * dp], a, bfrag[0], bfrag[1]);
-              Mma::mma(out_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
-            }
-          }
-        }
+        const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
+        attention_detail::dispatch_key_blocks(phase.count, [&](auto blocks) {
+          attention_detail::folded_phase<T, kHeadDim, 1, decltype(blocks)::value>(
+              acc, q_tile, k_addr + start_bytes, v_addr + start_bytes, k_off, v_off, phase.count,
+              num);
+        });
       }
     } else {
       for (int ph = 0; ph < num_phases; ++ph) {
