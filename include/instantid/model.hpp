@@ -28,7 +28,7 @@ class InstantIDModel {
                                      std::string source = "memory");
 
   const ModelLayout& layout() const { return layout_; }
-  int output_dim() const { return output_dim_; }  // D_out: 2048 for SDXL
+  int output_dim() const { return output_dim_; }          // D_out: 2048 for SDXL
   DType storage_dtype() const { return storage_dtype_; }  // dtype as stored in the file
   const std::string& source() const { return source_; }   // path or "memory"
 
@@ -44,8 +44,8 @@ class InstantIDModel {
   const HostTensor& to_v_ip(int layer_index) const;
 
   // Names and shapes every tensor of `layout` must have, D_out given.
-  static std::map<std::string, std::vector<std::int64_t>> expected_shapes(
-      const ModelLayout& layout, int output_dim);
+  static std::map<std::string, std::vector<std::int64_t>> expected_shapes(const ModelLayout& layout,
+                                                                          int output_dim);
 
   // Deterministic random weights for demos, tests and benchmarks (not a trained model): every
   // tensor of expected_shapes(layout, output_dim), at a trained network's scales so activations
@@ -69,5 +69,13 @@ class InstantIDModel {
   std::string source_;
   std::map<std::string, HostTensor> tensors_;
 };
+
+// The generator behind InstantIDModel::synthetic_tensors, for inputs that must be drawn the same
+// way (the demo's identity and q/k/v): `shape` filled with offset + scale·U(-1, 1), 24 random
+// bits per value, from the splitmix64 stream started at `stream`. synthetic_stream(name, seed) is
+// the stream synthetic_tensors gives the tensor `name` (FNV-1a of the name, started from seed).
+HostTensor synthetic_uniform(std::vector<std::int64_t> shape, float scale, float offset,
+                             std::uint64_t stream);
+std::uint64_t synthetic_stream(const std::string& name, std::uint64_t seed);
 
 }  // namespace instantid

@@ -93,22 +93,21 @@ struct SplitMix64 {
   }
 };
 
-// FNV-1a of the name, started from the seed: one independent stream per tensor.
-std::uint64_t hash_name(const std::string& name, std::uint64_t seed) {
+}  // namespace
+
+std::uint64_t synthetic_stream(const std::string& name, std::uint64_t seed) {
   std::uint64_t h = 1469598103934665603ull ^ seed;
   for (char c : name) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
   return h;
 }
 
-HostTensor random_tensor(std::vector<std::int64_t> shape, float scale, float offset,
-                         std::uint64_t seed) {
+HostTensor synthetic_uniform(std::vector<std::int64_t> shape, float scale, float offset,
+                             std::uint64_t stream) {
   HostTensor tensor(std::move(shape));
-  SplitMix64 random(seed);
+  SplitMix64 random(stream);
   for (float& value : tensor.values()) value = offset + scale * random.uniform();
   return tensor;
 }
-
-}  // namespace
 
 std::map<std::string, HostTensor> InstantIDModel::synthetic_tensors(const ModelLayout& layout,
                                                                     int output_dim,
@@ -117,17 +116,17 @@ std::map<std::string, HostTensor> InstantIDModel::synthetic_tensors(const ModelL
                   ", expected > 0");
   std::map<std::string, HostTensor> tensors;
   for (const auto& [name, shape] : expected_shapes(layout, output_dim)) {
-    const std::uint64_t tensor_seed = hash_name(name, seed);
+    const std::uint64_t stream = synthetic_stream(name, seed);
     const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
     if (shape.size() == 2) {
       const float bound = 1.0f / std::sqrt(static_cast<float>(shape[1]));
-      tensors.emplace(name, random_tensor(shape, bound, 0.0f, tensor_seed));
+      tensors.emplace(name, synthetic_uniform(shape, bound, 0.0f, stream));
     } else if (shape.size() == 1 && is_bias) {
-      tensors.emplace(name, random_tensor(shape, 0.02f, 0.0f, tensor_seed));
+      tensors.emplace(name, synthetic_uniform(shape, 0.02f, 0.0f, stream));
     } else if (shape.size() == 1) {
-      tensors.emplace(name, random_tensor(shape, 0.1f, 1.0f, tensor_seed));
+      tensors.emplace(name, synthetic_uniform(shape, 0.1f, 1.0f, stream));
     } else {
-      tensors.emplace(name, random_tensor(shape, 1.0f, 0.0f, tensor_seed));
+      tensors.emplace(name, synthetic_uniform(shape, 1.0f, 0.0f, stream));
     }
   }
   return tensors;

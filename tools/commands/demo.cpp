@@ -41,36 +41,6 @@ double elapsed_ms(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-// splitmix64 for the demo's inputs (identity, q/k/v); the weights come from
-// InstantIDModel::synthetic, which uses the same generator.
-struct Random {
-  std::uint64_t state;
-  explicit Random(std::uint64_t seed) : state(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uniform() {  // [-1, 1)
-    return static_cast<float>(next() >> 40) * (2.0f / 16777216.0f) - 1.0f;
-  }
-};
-
-std::uint64_t hash_name(const std::string& name, std::uint64_t seed) {
-  std::uint64_t h = 1469598103934665603ull ^ seed;
-  for (char c : name) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-  return h;
-}
-
-HostTensor random_tensor(std::vector<std::int64_t> shape, float scale, float offset,
-                         std::uint64_t seed) {
-  HostTensor tensor(std::move(shape));
-  Random random(seed);
-  for (float& value : tensor.values()) value = offset + scale * random.uniform();
-  return tensor;
-}
-
 // ComfyUI's "simple" scheduler over the discrete SDXL schedule: every (1000/steps)-th sigma from
 // the top, then 0.
 std::vector<double> simple_sigmas(int steps) {
@@ -113,7 +83,8 @@ HostTensor reference_output(const InstantIDModel& model, const ImageTokens& toke
     const HostTensor q_row({1, n, c}, std::move(row));
     const HostTensor term = ref::attention(q_row, ip_k.reshaped({1, ip_k.size(0), ip_k.size(1)}),
                                            ip_v.reshaped({1, ip_v.size(0), ip_v.size(1)}));
-    for (std::int64_t i = 0; i < n * c; ++i) expected.data()[b * n * c + i] += scale * term.data()[i];
+    for (std::int64_t i = 0; i < n * c; ++i)
+      expected.data()[b * n * c + i] += scale * term.data()[i];
   }
   return expected;
 }
@@ -162,8 +133,9 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
 
   const bool real = parser.has("checkpoint") || parser.has("models") || parser.has("image");
   if (real && !(parser.has("checkpoint") && parser.has("models") && parser.has("image"))) {
-    throw UsageError("--checkpoint, --models and --image: got only some of them, expected all "
-                     "three (or none for the synthetic demo)");
+    throw UsageError(
+        "--checkpoint, --models and --image: got only some of them, expected all "
+        "three (or none for the synthetic demo)");
   }
   const int steps = parser.get_int("steps");
   if (steps < 1 || steps > 1000) {
@@ -197,8 +169,8 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
     if (x == std::string::npos) throw UsageError("--size: got '" + size + "', expected HxW");
     image_h = static_cast<int>(parse_integer(size.substr(0, x), "--size height"));
     image_w = static_cast<int>(parse_integer(size.substr(x + 1), "--size width"));
-    if (image_h < 32 || image_w < 32 || image_h % 32 != 0 || image_w % 32 != 0 ||
-        image_h > 4096 || image_w > 4096) {
+    if (image_h < 32 || image_w < 32 || image_h % 32 != 0 || image_w % 32 != 0 || image_h > 4096 ||
+        image_w > 4096) {
       throw UsageError("--size: got '" + size + "', expected multiples of 32 in 32..4096");
     }
   }
@@ -221,8 +193,8 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
 #ifdef INSTANTID_CLI_HAS_FACE
     const face::FaceAnalysis analysis = face::FaceAnalysis::load(parser.get("models"));
     const face::Image image = face::load_image(parser.get("image"));
-    const face::ImageFaces faces = analysis.extract_one(image, face::kComfyDetSizes,
-                                                        parser.get("image"));
+    const face::ImageFaces faces =
+        analysis.extract_one(image, face::kComfyDetSizes, parser.get("image"));
     out << "face: " << faces.faces.size() << " detected at size " << faces.det_size.value_or(0)
         << ", largest embedded (" << faces.embedding.size() << " values)\n";
     embeds = HostTensor({1, static_cast<std::int64_t>(faces.embedding.size())}, faces.embedding);
@@ -236,15 +208,14 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
     out << "checkpoint: SYNTHETIC - deterministic random weights (seed " << seed
         << "), not a trained model\n";
     model = InstantIDModel::synthetic(layout, output_dim, seed);
-    embeds = random_tensor({1, layout.embed_dim}, 1.7f, 0.0f, hash_name("face", seed));
+    embeds = synthetic_uniform({1, layout.embed_dim}, 1.7f, 0.0f, synthetic_stream("face", seed));
     out << "identity: SYNTHETIC face embedding [1, " << layout.embed_dim << "]\n";
   }
   const ModelLayout& layout = model->layout();
   out << "layout: " << describe_layout(layout) << ", D_out " << model->output_dim() << "\n";
   if (!use_cuda) {
-    out << "device: cpu (" << (cuda_available() ? "--device cpu" : "no CUDA device visible")
-        << ")" << (real ? "" : ": reduced layout and image size to keep the CPU run short")
-        << "\n";
+    out << "device: cpu (" << (cuda_available() ? "--device cpu" : "no CUDA device visible") << ")"
+        << (real ? "" : ": reduced layout and image size to keep the CPU run short") << "\n";
   } else {
     out << "device: cuda:0, q/k/v " << dtype_name(dtype) << "\n";
   }
@@ -256,9 +227,10 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
   backend.cuda_dtype = use_cuda ? dtype : DType::kF16;
   AttentionPatch patch(*model, embeds, options, backend);
   const SigmaRange range = patch.sigma_range(0);
-  out << "patch: weight " << options.weight << ", noise " << options.noise << ", active for sigma in ["
-      << range.end << ", " << range.start << "]; prepared in " << elapsed_ms(setup_start)
-      << " ms (checkpoint, Resampler, ip K/V of " << layout.num_layers() << " layers)\n";
+  out << "patch: weight " << options.weight << ", noise " << options.noise
+      << ", active for sigma in [" << range.end << ", " << range.start << "]; prepared in "
+      << elapsed_ms(setup_start) << " ms (checkpoint, Resampler, ip K/V of " << layout.num_layers()
+      << " layers)\n";
 
   // ---- Host inputs: one q/k/v per layer width (an SDXL attn2 sees the same shapes per level) ----
   int widest = 0;
@@ -268,11 +240,12 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
   for (const LayerInfo& layer : layout.layers) {
     if (inputs.count(layer.width) != 0) continue;
     const std::int64_t n = tokens_for_width(layer.width, widest, latent_h, latent_w);
-    const std::uint64_t s = hash_name("inputs", seed + static_cast<std::uint64_t>(layer.width));
+    const std::uint64_t s =
+        synthetic_stream("inputs", seed + static_cast<std::uint64_t>(layer.width));
     Inputs& in = inputs[layer.width];
-    in.q = rounded(random_tensor({batch, n, layer.width}, 1.0f, 0.0f, s), dtype);
-    in.k = rounded(random_tensor({batch, text_tokens, layer.width}, 1.0f, 0.0f, s + 1), dtype);
-    in.v = rounded(random_tensor({batch, text_tokens, layer.width}, 1.0f, 0.0f, s + 2), dtype);
+    in.q = rounded(synthetic_uniform({batch, n, layer.width}, 1.0f, 0.0f, s), dtype);
+    in.k = rounded(synthetic_uniform({batch, text_tokens, layer.width}, 1.0f, 0.0f, s + 1), dtype);
+    in.v = rounded(synthetic_uniform({batch, text_tokens, layer.width}, 1.0f, 0.0f, s + 2), dtype);
     in.q_buffer = std::make_unique<TensorBuffer>(in.q, dtype, device);
     in.k_buffer = std::make_unique<TensorBuffer>(in.k, dtype, device);
     in.v_buffer = std::make_unique<TensorBuffer>(in.v, dtype, device);
@@ -320,23 +293,25 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
     // The host's step: 70 calls enqueued back to back (on the GPU, asynchronously on the default
     // stream), timed up to the end of the last one.
     const Clock::time_point start = Clock::now();
-    for (int index = 0; index < layout.num_layers(); ++index) patch.attention(make_call(index, sigma));
+    for (int index = 0; index < layout.num_layers(); ++index)
+      patch.attention(make_call(index, sigma));
     device_synchronize(device);
     const double compute_ms = elapsed_ms(start);
-    // Calls to check are run again (untimed) and their outputs copied out: layers of one width share
-    // the output buffer.
+    // Calls to check are run again (untimed) and their outputs copied out: layers of one width
+    // share the output buffer.
     for (int index = 0; index < layout.num_layers(); ++index) {
       if (!checked(step, index)) continue;
       patch.attention(make_call(index, sigma));
-      to_check.emplace_back(index, inputs.at(layout.layers[static_cast<std::size_t>(index)].width)
-                                       .out_buffer->to_host());
+      to_check.emplace_back(
+          index,
+          inputs.at(layout.layers[static_cast<std::size_t>(index)].width).out_buffer->to_host());
     }
     step_ms.push_back(compute_ms);
     const bool active = range.contains(sigma) && options.weight != 0.0f;
     for (const auto& [index, result] : to_check) {
       const Inputs& in = inputs.at(layout.layers[static_cast<std::size_t>(index)].width);
-      const HostTensor expected = reference_output(*model, patch.tokens(0), options, active,
-                                                   index, in.q, in.k, in.v, cond_or_uncond);
+      const HostTensor expected = reference_output(*model, patch.tokens(0), options, active, index,
+                                                   in.q, in.k, in.v, cond_or_uncond);
       for (std::int64_t i = 0; i < expected.numel(); ++i) {
         const double diff = std::fabs(static_cast<double>(result.data()[i]) - expected.data()[i]);
         max_error = std::isnan(diff) ? INFINITY : std::max(max_error, diff);
@@ -368,7 +343,8 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
       << ", normalised " << normalised << " (tolerance " << tolerance << " for "
       << dtype_name(dtype) << "): " << (ok ? "PASS" : "FAIL") << "\n";
   if (!use_cuda) {
-    out << "  (the CPU backend is built from these reference functions, so its error is ~0; on a GPU "
+    out << "  (the CPU backend is built from these reference functions, so its error is ~0; on a "
+           "GPU "
            "this check measures the CUDA kernels)\n";
   }
 
