@@ -6,11 +6,14 @@
 #include "face_test_util.hpp"
 #include "instantid/error.hpp"
 #include "instantid/face/image.hpp"
+#include "support/refusal.hpp"
 
 using namespace instantid::face;
 using instantid::face::test::golden_path;
 using instantid::face::test::goldens;
 namespace itest = instantid::test;
+
+using instantid::test::refusal;
 
 namespace {
 
@@ -73,16 +76,6 @@ std::vector<std::uint8_t> exif_jpeg(int orientation, bool big_endian, std::uint1
   jpeg.insert(jpeg.end(), tiff.begin(), tiff.end());
   jpeg.insert(jpeg.end(), {0xFF, 0xDA, 0x00, 0x02, 0xFF, 0xD9});
   return jpeg;
-}
-
-// The message of the instantid::Error decode_image throws, or "" if it decodes.
-std::string refusal_of(const std::string& bytes, const std::string& name) {
-  try {
-    decode_image(bytes, name);
-  } catch (const instantid::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
@@ -258,10 +251,10 @@ TEST_CASE("Unknown critical PNG chunks are refused by type, printably", "[face][
     return png.substr(0, after_ihdr) + std::string("\0\0\0\0", 4) + type +
            std::string("\0\0\0\0", 4) + png.substr(after_ihdr);
   };
-  CHECK(refusal_of(with_chunk(std::string("\x81\x82\x1b" "A", 4)), "odd.png") ==
+  CHECK(refusal([&] { decode_image(with_chunk(std::string("\x81\x82\x1b" "A", 4)), "odd.png"); }) ==
         "decode_image: odd.png: PNG chunk at offset 33: got type \"\\x81\\x82\\x1bA\", an unknown "
         "critical chunk, expected IHDR, PLTE, IDAT, IEND or an ancillary chunk");
-  CHECK_THAT(refusal_of(with_chunk(std::string("\0ABC", 4)), "nul.png"),
+  CHECK_THAT(refusal([&] { decode_image(with_chunk(std::string("\0ABC", 4)), "nul.png"); }),
              Catch::Contains("nul.png: PNG chunk at offset 33: got type \"\\x00ABC\""));
   // Ancillary chunks (lower-case first letter) are skipped, as by PNG readers generally.
   CHECK(decode_image(with_chunk("zzAB"), "ancillary.png").pixels ==

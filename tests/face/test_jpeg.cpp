@@ -15,12 +15,15 @@
 #include "instantid/error.hpp"
 #include "instantid/face/image.hpp"
 #include "support/test_data.hpp"
+#include "support/refusal.hpp"
 
 namespace itest = instantid::test;
 using instantid::face::decode_image;
 using instantid::face::DecodeOptions;
 using instantid::face::Image;
 using instantid::face::load_image;
+
+using instantid::test::refusal;
 
 namespace {
 
@@ -69,15 +72,6 @@ std::string join(const std::vector<Segment>& segments) {
   std::string out;
   for (const auto& s : segments) out += s.bytes;
   return out;
-}
-
-std::string refusal(const std::string& bytes, const std::string& name) {
-  try {
-    decode_image(bytes, name);
-  } catch (const instantid::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
@@ -145,10 +139,10 @@ TEST_CASE("JPEG data that ends early is refused, never filled with grey", "[face
       }
     }
     // decode_image names the missing end-of-image marker from the bytes.
-    CHECK_THAT(refusal(jpeg.substr(0, (sos + jpeg.size()) / 2), "half.jpg"),
+    CHECK_THAT(refusal([&] { decode_image(jpeg.substr(0, (sos + jpeg.size()) / 2), "half.jpg"); }),
                Catch::Contains("half.jpg: JPEG data is truncated") &&
                    Catch::Contains("without an end-of-image marker"));
-    CHECK_THAT(refusal(jpeg.substr(0, sos / 2), "head.jpg"),
+    CHECK_THAT(refusal([&] { decode_image(jpeg.substr(0, sos / 2), "head.jpg"); }),
                Catch::Contains("head.jpg: JPEG data is truncated") &&
                    Catch::Contains("inside the header"));
   }
@@ -180,9 +174,9 @@ TEST_CASE("JPEG corrupt-data warnings decode like PIL; errors are clear", "[face
         std::find_if(bad.begin(), bad.end(), [](const Segment& s) { return s.marker == 0xC0; });
     REQUIRE(sof != bad.end());
     sof->bytes[10 + 2] = '\x07';  // component 1's quantisation table: 7 (libjpeg accepts 0..3)
-    CHECK_THAT(refusal(join(bad), "bad_dqt.jpg"), Catch::Contains("bad_dqt.jpg: JPEG") &&
-                                                      Catch::Contains("libjpeg-turbo: ") &&
-                                                      Catch::Contains("expected a decodable"));
+    CHECK_THAT(refusal([&] { decode_image(join(bad), "bad_dqt.jpg"); }),
+               Catch::Contains("bad_dqt.jpg: JPEG") && Catch::Contains("libjpeg-turbo: ") &&
+                   Catch::Contains("expected a decodable"));
   }
   SECTION("a 2-component JPEG is refused by colour space") {
     std::string gray = itest::read_file(jpeg_path("grayscale.jpg"));
@@ -195,7 +189,7 @@ TEST_CASE("JPEG corrupt-data warnings decode like PIL; errors are clear", "[face
     sof->bytes[3] = static_cast<char>(sof->bytes[3] + 3);  // length 11 → 14
     sof->bytes += std::string("\x02\x11\x00", 3);
     CHECK_THAT(
-        refusal(join(parts), "two.jpg"),
+        refusal([&] { decode_image(join(parts), "two.jpg"); }),
         Catch::Contains("two.jpg: JPEG colour space: got unknown with 2 components, expected "
                         "grayscale, YCbCr, RGB, CMYK or YCCK"));
   }
@@ -226,7 +220,7 @@ TEST_CASE("Progressive JPEGs with more than kMaxJpegScans scans are refused",
   constexpr int kLimit = instantid::face::detail::kMaxJpegScans;
   const Image many = decode_image(with_scans(kLimit - 10), "many.jpg");
   CHECK(many.width == 64);
-  CHECK_THAT(refusal(with_scans(kLimit - 9), "too_many.jpg"),
+  CHECK_THAT(refusal([&] { decode_image(with_scans(kLimit - 9), "too_many.jpg"); }),
              Catch::Contains("too_many.jpg: JPEG scans: got 1001 (reading stopped there), "
                              "expected at most 1000"));
 }

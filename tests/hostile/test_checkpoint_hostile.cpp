@@ -16,11 +16,14 @@
 #include "instantid/checkpoint.hpp"
 #include "instantid/error.hpp"
 #include "instantid/model.hpp"
+#include "support/refusal.hpp"
 
 namespace fmt = instantid::test::formats;
 using Catch::Matchers::Contains;
 using instantid::ByteSpan;
 using instantid::test::AllocProbe;
+
+using instantid::test::refusal;
 
 namespace {
 
@@ -28,17 +31,6 @@ constexpr std::size_t kSmallAllocation = 1 << 20;  // far below any size the inp
 
 ByteSpan span(const std::string& bytes) {
   return {reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()};
-}
-
-// The Error message of parse(bytes), or "" when it did not throw instantid::Error.
-template <typename Parse>
-std::string refusal(Parse parse) {
-  try {
-    parse();
-  } catch (const instantid::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

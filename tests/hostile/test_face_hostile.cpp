@@ -16,22 +16,15 @@
 #include "instantid/error.hpp"
 #include "support/test_data.hpp"
 #include "instantid/face/image.hpp"
+#include "support/refusal.hpp"
 
 namespace fmt = instantid::test::formats;
 namespace face = instantid::face;
 using Catch::Matchers::Contains;
 
-namespace {
+using instantid::test::refusal;
 
-template <typename F>
-std::string refusal(F f) {
-  try {
-    f();
-  } catch (const instantid::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+namespace {
 
 void append_bytes(void* context, void* data, int size) {
   static_cast<std::string*>(context)->append(static_cast<const char*>(data),

@@ -16,6 +16,7 @@
 #include "formats.hpp"
 #include "instantid/error.hpp"
 #include "instantid/onnx/executor.hpp"
+#include "support/refusal.hpp"
 
 namespace fmt = instantid::test::formats;
 using Catch::Matchers::Contains;
@@ -23,21 +24,13 @@ using instantid::HostTensor;
 using instantid::onnx::Executor;
 using instantid::test::AllocProbe;
 
+using instantid::test::refusal;
+
 namespace {
 
 constexpr std::size_t kSmallAllocation = 1 << 20;
 // A run may allocate its own scratch (the CPU backend's conv buffers); far below what is claimed.
 constexpr std::size_t kSmallRunAllocation = 16 << 20;
-
-template <typename F>
-std::string refusal(F f) {
-  try {
-    f();
-  } catch (const instantid::Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 void set_shape(::onnx::ValueInfoProto* v, const std::string& name,
                const std::vector<std::int64_t>& dims) {

@@ -17,6 +17,9 @@
 #include "instantid/error.hpp"
 #include "instantid/model.hpp"
 #include "instantid/patch.hpp"
+#include "support/refusal.hpp"
+
+using instantid::test::refusal;
 
 namespace {
 
@@ -31,16 +34,6 @@ using instantid::PatchOptions;
 using Catch::Matchers::Contains;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-template <typename F>
-std::string refusal(F f) {
-  try {
-    f();
-  } catch (const instantid::Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // A small deterministic value in [-0.5, 0.5).
 float value_at(std::uint64_t i, std::uint64_t salt) {
