@@ -196,12 +196,10 @@ void bench_copy(cudaStream_t stream) {
 template <bool kWaitForPrevious>
 __global__ void copy_rows_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst,
                                  std::size_t count) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if constexpr (kWaitForPrevious) {
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" :::);
+    kernels::wait_for_previous_grid();
+    kernels::allow_next_grid();
   }
-#endif
   for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < count;
        i += std::size_t{gridDim.x} * blockDim.x) {
     dst[i] = src[i];
@@ -223,20 +221,14 @@ void bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
     if (early && major < 9) continue;  // programmatic dependent launch needs sm_90
     cudaGraphExec_t exec = capture(stream, [&] {
       for (const Layer& l : layers) {
-        cudaLaunchConfig_t config = {};
-        config.gridDim = dim3(static_cast<unsigned>(sms) * 4);
-        config.blockDim = dim3(512);
-        config.stream = stream;
-        cudaLaunchAttribute attribute[1];
-        attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attribute[0].val.programmaticStreamSerializationAllowed = 1;
-        config.attrs = attribute;
-        config.numAttrs = early ? 1 : 0;
         const auto* src = static_cast<const uint4*>(l.q.data());
         auto* dst = static_cast<uint4*>(l.out.data());
         const std::size_t count = l.q.bytes() / sizeof(uint4);
-        check_cuda(early ? cudaLaunchKernelEx(&config, copy_rows_kernel<true>, src, dst, count)
-                         : cudaLaunchKernelEx(&config, copy_rows_kernel<false>, src, dst, count),
+        const dim3 grid(static_cast<unsigned>(sms) * 4), block(512);
+        check_cuda(early ? kernels::launch_kernel(true, copy_rows_kernel<true>, grid, block, 0,
+                                                  stream, src, dst, count)
+                         : kernels::launch_kernel(false, copy_rows_kernel<false>, grid, block, 0,
+                                                  stream, src, dst, count),
                    "copy launch");
       }
     });

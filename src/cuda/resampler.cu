@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/resampler.hpp"
+#include "instantid/kernels/async_pipeline.cuh"
 
 namespace instantid::cuda {
 
@@ -19,10 +20,8 @@ constexpr int kAttnDimHead = 64;
 // (the skinny GEMM prefetches weights meanwhile) and waits for the previous one to finish before
 // it touches activations. No-ops for a plain launch.
 __device__ __forceinline__ void chain_start() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
+  kernels::wait_for_previous_grid();
+  kernels::allow_next_grid();
 }
 
 // dst[r, :] = src[r % src_rows, :] for r < rows.
@@ -153,16 +152,8 @@ unsigned blocks_for(std::int64_t n, int threads) {
 template <typename... Params, typename... Args>
 void launch(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block,
             cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = programmatic ? 1 : 0;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, args...), "GpuResampler: kernel launch");
+  check_cuda(kernels::launch_kernel(programmatic, kernel, grid, block, 0, stream, args...),
+             "GpuResampler: kernel launch");
 }
 
 void launch_layer_norm(bool programmatic, const NormJob& first, const NormJob& second, int cols,

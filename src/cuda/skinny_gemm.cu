@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "cuda/skinny_gemm.hpp"
+#include "instantid/kernels/async_pipeline.cuh"
 
 namespace instantid::cuda {
 
@@ -25,30 +26,6 @@ struct KernelArgs {
   unsigned* tickets = nullptr;  // [tiles]
   float* partials = nullptr;    // [tiles, splits, M, 64]
 };
-
-__device__ __forceinline__ void cp_async16(float* smem, const float* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-// Programmatic dependent launch: let the next kernel on the stream start, and wait for the
-// previous one (no-ops when the launch was not programmatic or below sm_90).
-__device__ __forceinline__ void allow_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_previous() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
 
 __device__ __forceinline__ float epilogue(float v, const SkinnyGemmParams& p, int m, int n) {
   if (p.bias != nullptr) v += p.bias[n];
@@ -97,8 +74,9 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
     for (int c = tid; c < kTileN * (kTileK / 4); c += kThreads) {
       const int r = c / (kTileK / 4), kc = (c % (kTileK / 4)) * 4;
       const bool ok = n0 + r < p.n && k0 + kc < p.k;
-      cp_async16(sw + r * kStride + kc,
-                 ok ? p.w + static_cast<std::int64_t>(n0 + r) * p.k + k0 + kc : p.w, ok);
+      kernels::cp_async_16(sw + r * kStride + kc,
+                           ok ? p.w + static_cast<std::int64_t>(n0 + r) * p.k + k0 + kc : p.w,
+                           ok ? 16 : 0);
     }
   };
   auto load_a = [&](int t, int stage) {
@@ -108,8 +86,9 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
     for (int c = tid; c < kMPad * (kTileK / 4); c += kThreads) {
       const int r = c / (kTileK / 4), kc = (c % (kTileK / 4)) * 4;
       const bool ok = r < p.m && k0 + kc < p.k;
-      cp_async16(sa + r * kStride + kc,
-                 ok ? p.a + static_cast<std::int64_t>(r) * p.k + k0 + kc : p.a, ok);
+      kernels::cp_async_16(sa + r * kStride + kc,
+                           ok ? p.a + static_cast<std::int64_t>(r) * p.k + k0 + kc : p.a,
+                           ok ? 16 : 0);
     }
   };
 
@@ -130,21 +109,21 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < count) load_w(s, s);
   }
-  wait_for_previous();
-  allow_dependents();
+  kernels::wait_for_previous_grid();
+  kernels::allow_next_grid();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < count) load_a(s, s);
-    cp_async_commit();
+    kernels::cp_async_commit();
   }
   for (int t = 0; t < count; ++t) {
-    cp_async_wait<kStages - 2>();
+    kernels::cp_async_wait<kStages - 2>();
     __syncthreads();
     if (t + kStages - 1 < count) {
       load_w(t + kStages - 1, (t + kStages - 1) % kStages);
       load_a(t + kStages - 1, (t + kStages - 1) % kStages);
     }
-    cp_async_commit();
+    kernels::cp_async_commit();
     const float* sa = smem + (t % kStages) * kStageFloats;
     const float* sw = sa + kMPad * kStride;
 #pragma unroll
@@ -184,7 +163,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
       }
     }
   }
-  cp_async_wait<0>();
+  kernels::cp_async_wait<0>();
   __syncthreads();
 
   // The k groups join the first one in order: acc(wk = 0) + acc(1) + ... (fixed).
@@ -297,17 +276,10 @@ cudaError_t launch(const KernelArgs& args, int tiles, cudaStream_t stream) noexc
                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
     if (e != cudaSuccess) return e;
   }
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(args.p.splits));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = args.p.programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&config, skinny_gemm_kernel<kMLanes, kMPerLane>, args);
+  return kernels::launch_kernel(
+      args.p.programmatic, skinny_gemm_kernel<kMLanes, kMPerLane>,
+      dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(args.p.splits)), dim3(kThreads),
+      kSmem, stream, args);
 }
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }

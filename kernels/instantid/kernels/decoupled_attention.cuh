@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "instantid/kernels/async_pipeline.cuh"
 #include "instantid/kernels/decoupled_attention.hpp"
 
 namespace instantid::kernels {
@@ -79,20 +80,6 @@ struct MmaType<__nv_bfloat16> {
   }
 };
 
-__device__ __forceinline__ std::uint32_t smem_address(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy; src_bytes == 0 zero-fills the destination without reading src.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 __device__ __forceinline__ void cp_async_wait_dynamic(int pending) {
   switch (pending) {
     case 0:
@@ -290,7 +277,7 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
       next_tile = 0;
     }
   }
-  attention_detail::cp_async_commit();
+  cp_async_commit();
 
   int phase = 0, tile = 0;
   float m_run[2] = {-INFINITY, -INFINITY};
@@ -303,10 +290,10 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
         ++next_phase;
         next_tile = 0;
       }
-      attention_detail::cp_async_commit();
-      attention_detail::cp_async_wait<1>();
+      cp_async_commit();
+      cp_async_wait<1>();
     } else {
-      attention_detail::cp_async_wait<0>();
+      cp_async_wait<0>();
     }
     __syncthreads();
 
@@ -463,7 +450,7 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
   // Stage the warp's 16 rows through its own rows of s_q (no longer read), then store 16 bytes
   // per thread.
   if (total_tiles == 0) {
-    attention_detail::cp_async_wait<0>();
+    cp_async_wait<0>();
     __syncthreads();  // every thread's q copies have landed before s_q is overwritten
   }
   __syncwarp();  // every lane of the warp is done reading its q rows
@@ -873,14 +860,12 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
         const int c = idx % kChunks;
         const bool valid = r < count;
         const int dst = attention_detail::swizzle<kHeadDim>(start + r, c * 8);
-        attention_detail::cp_async_16(s_k + dst, valid ? k + r * ks + head_col + c * 8 : k,
-                                      valid ? 16 : 0);
-        attention_detail::cp_async_16(s_v + dst, valid ? v + r * vs + head_col + c * 8 : v,
-                                      valid ? 16 : 0);
+        cp_async_16(s_k + dst, valid ? k + r * ks + head_col + c * 8 : k, valid ? 16 : 0);
+        cp_async_16(s_v + dst, valid ? v + r * vs + head_col + c * 8 : v, valid ? 16 : 0);
       }
     }
   }
-  attention_detail::cp_async_commit();
+  cp_async_commit();
 
   const T* q_base = static_cast<const T*>(p.q) + b * p.q_batch_stride + head_col;
   T* out_base = static_cast<T*>(p.out) + b * p.out_batch_stride + head_col;
@@ -895,9 +880,8 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
       const int r = idx / kChunks;
       const int c = idx % kChunks;
       const bool valid = row0 + r < p.queries;
-      attention_detail::cp_async_16(dst + attention_detail::swizzle<kHeadDim>(r, c * 8),
-                                    valid ? q_base + (row0 + r) * p.q_row_stride + c * 8 : q_base,
-                                    valid ? 16 : 0);
+      cp_async_16(dst + attention_detail::swizzle<kHeadDim>(r, c * 8),
+                  valid ? q_base + (row0 + r) * p.q_row_stride + c * 8 : q_base, valid ? 16 : 0);
     }
   };
   // Every q block of this warp is requested up front (one commit group each) so that the
@@ -905,9 +889,9 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
 #pragma unroll
   for (int g = 0; g < Tile::kGroups; ++g) {
     issue_q(g);
-    attention_detail::cp_async_commit();
+    cp_async_commit();
   }
-  attention_detail::cp_async_wait<Tile::kGroups - 1>();
+  cp_async_wait<Tile::kGroups - 1>();
   __syncthreads();  // keys and values of every thread have landed
 
   const int my_row = lane / 4;
@@ -938,8 +922,8 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
       // One 16-row MMA tile per group: the persistent variant's folded phase body with kMT = 1.
       std::uint32_t k_off[kKSteps], v_off[kDTiles / 2];
       attention_detail::ldmatrix_lane_offsets<T, kHeadDim>(k_off, v_off);
-      const std::uint32_t k_addr = attention_detail::smem_address(s_k);
-      const std::uint32_t v_addr = attention_detail::smem_address(s_v);
+      const std::uint32_t k_addr = smem_address(s_k);
+      const std::uint32_t v_addr = smem_address(s_v);
       auto& acc = reinterpret_cast<float(&)[1][kDTiles][4]>(out_acc);
       const auto& q_tile = reinterpret_cast<const std::uint32_t(&)[1][kKSteps][4]>(q_frag);
       const int image = b % p.images_per_chunk;
@@ -1232,12 +1216,10 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     return t;
   };
   if constexpr (kProbe == 4) stamp[0] = timestamp();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Nothing the previous grid writes is read before this; letting the next grid launch now
   // costs nothing, since it waits the same way.
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" :::);
-#endif
+  wait_for_previous_grid();
+  allow_next_grid();
   if constexpr (kProbe == 4) stamp[1] = timestamp();
 
   const int warp = threadIdx.x / 32;
@@ -1285,8 +1267,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
 #pragma unroll
     for (int k = 0; k < kLaneChunks; ++k) {
       const bool valid = n0 + k * (32 / kChunks) < p.queries;
-      attention_detail::cp_async_16(dst + k * (32 / kChunks) * kPitch, valid ? src : q_all,
-                                    valid ? 16 : 0);
+      cp_async_16(dst + k * (32 / kChunks) * kPitch, valid ? src : q_all, valid ? 16 : 0);
       src += (32 / kChunks) * p.q_row_stride;
     }
   };
@@ -1335,22 +1316,22 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
       for (int r = kv_row0; r < padded; r += kRowsPerPass) {
         const bool valid = r < count;
         const int dst = (start + r) * kHeadDim + ((kv_chunk ^ (r & 7)) << 3);
-        attention_detail::cp_async_16(sk + dst, valid ? k_src : k, valid ? 16 : 0);
-        attention_detail::cp_async_16(sv + dst, valid ? v_src : v, valid ? 16 : 0);
+        cp_async_16(sk + dst, valid ? k_src : k, valid ? 16 : 0);
+        cp_async_16(sv + dst, valid ? v_src : v, valid ? 16 : 0);
         k_src += kRowsPerPass * ks;
         v_src += kRowsPerPass * vs;
       }
       start += padded;
     }
   }
-  attention_detail::cp_async_commit();
+  cp_async_commit();
 #pragma unroll
   for (int i = 0; i < kStages; ++i) {
     issue_q(i);
-    attention_detail::cp_async_commit();
+    cp_async_commit();
   }
-  attention_detail::cp_async_wait<kStages>();  // this thread's K/V
-  __syncthreads();                             // everyone's K/V and the phase table
+  cp_async_wait<kStages>();  // this thread's K/V
+  __syncthreads();           // everyone's K/V and the phase table
   if (kProbe == 3) return;
   if constexpr (kProbe == 4) stamp[2] = timestamp();
 
@@ -1359,12 +1340,12 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   std::uint32_t k_off[kKSteps], v_off[kDTiles / 2];
   attention_detail::ldmatrix_lane_offsets<T, kHeadDim>(k_off, v_off);
   const std::uint32_t pair_bytes = static_cast<std::uint32_t>(2 * rows * kHeadDim * sizeof(T));
-  const std::uint32_t kv_addr = attention_detail::smem_address(s_kv);
+  const std::uint32_t kv_addr = smem_address(s_kv);
 
   const int my_tiles = (end_tile - first_tile - warp + kWarps - 1) / kWarps;
 #pragma unroll 1
   for (int i = 0; i < my_tiles; ++i) {
-    attention_detail::cp_async_wait<kStages - 1>();
+    cp_async_wait<kStages - 1>();
     __syncwarp();
     const TilePos t = tile_pos(first_tile + warp + i * kWarps);
     const T* sq = s_ring + (i % kStages) * kTileElems + (lane % 16) * kPitch + (lane / 16) * 8;
@@ -1378,7 +1359,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
     }
     __syncwarp();  // every lane holds its q fragments: the slot may be refilled
     issue_q(i + kStages);
-    attention_detail::cp_async_commit();
+    cp_async_commit();
 
     const std::uint32_t k_addr = kv_addr + t.slot * pair_bytes;
     const std::uint32_t v_addr = k_addr + pair_bytes / 2;
@@ -1546,18 +1527,9 @@ cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params, 
   const long long max_per_cta = static_cast<long long>(tiles_per_pair) * (Tile::kMaxPairs - 1);
   per_cta = per_cta < max_per_cta ? per_cta : max_per_cta;
   const long long grid = (total + per_cta - 1) / per_cta;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(grid));
-  config.blockDim = dim3(Tile::kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = early_launch && major >= 9 ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, params, tiles_per_pair, static_cast<int>(per_cta),
-                            static_cast<int>(total));
+  return launch_kernel(early_launch && major >= 9, kernel, dim3(static_cast<unsigned>(grid)),
+                       dim3(Tile::kThreads), smem, stream, params, tiles_per_pair,
+                       static_cast<int>(per_cta), static_cast<int>(total));
 }
 
 // The persistent tiles the launchers use (d 64): the default (measured, docs/performance.md),
