@@ -446,116 +446,17 @@ instantid::InstantIDModel resampler_weights(const instantid::ModelLayout& layout
   return instantid::InstantIDModel::synthetic(resampler_only, d_out, 5);
 }
 
-// Where the fused Resampler's time goes: per phase (between grid barriers), the slowest CTA's
-// work, the median CTA's, and the barrier's latency after its last arrival (median over CTAs);
-// one eager run after warm-up, µs.
-template <typename Run>
-void fused_resampler_timeline(instantid::cuda::FusedResampler& fused, int depth, const Run& run,
-                              cudaStream_t stream) {
-  const int grid = fused.grid_size(), barriers = fused.barriers();
-  const int slots = 2 + 2 * barriers;
-  DeviceBuffer timeline(static_cast<std::size_t>(slots) * grid * 8);
-  fused.set_timeline(timeline.as<unsigned long long>());
-  for (int i = 0; i < 3; ++i) run();
-  check_cuda(cudaStreamSynchronize(stream), "timeline");
-  fused.set_timeline(nullptr);
-  if (g_tune) {
-    // Step log of two CTAs from layer 0's q+kv to its ff2: (tag, µs since the first entry).
-    constexpr int kEvents = 2048;
-    DeviceBuffer events(static_cast<std::size_t>(grid) * kEvents * 8);
-    check_cuda(cudaMemset(events.data(), 0, events.bytes()), "events");
-    fused.set_events(events.as<unsigned long long>());
-    run();
-    check_cuda(cudaStreamSynchronize(stream), "events");
-    fused.set_events(nullptr);
-    std::vector<unsigned long long> ev(static_cast<std::size_t>(grid) * kEvents);
-    check_cuda(cudaMemcpy(ev.data(), events.data(), ev.size() * 8,
-                          cudaMemcpyDeviceToHost),
-               "events copy");
-    for (int c : {0, grid / 2 + 1}) {
-      std::string out;
-      int departures = 0;
-      double t0 = -1;
-      for (int i = 0; i < kEvents; ++i) {
-        const unsigned long long e = ev[static_cast<std::size_t>(c) * kEvents + i];
-        if (e == 0) break;
-        const int tag = static_cast<int>(e & 0xff);
-        const double t = static_cast<double>(e >> 8) / 1e3;
-        if (tag == 11) ++departures;
-        if (departures < 3 || departures > 12) continue;
-        if (t0 < 0) t0 = t;
-        char buf[40];
-        std::snprintf(buf, sizeof buf, "%s[%d, %.2f]", out.empty() ? "" : ", ", tag, t - t0);
-        out += buf;
-      }
-      std::printf("{\"bench\": \"resampler_fused_events\", \"cta\": %d, \"events\": [%s]}\n", c,
-                  out.c_str());
-    }
-  }
-  std::vector<unsigned long long> t(static_cast<std::size_t>(slots) * grid);
-  check_cuda(cudaMemcpy(t.data(), timeline.data(), t.size() * 8, cudaMemcpyDeviceToHost),
-             "timeline copy");
-  std::vector<std::string> names = {"proj_in", "sum_proj_in+latents", "layer0_inputs"};
-  for (int l = 0; l < depth; ++l) {
-    for (const char* n : {"q+kv", "sum_q_kv", "attention", "to_out", "sum_to_out", "ln_ff", "ff1",
-                          "sum_ff1_gelu", "ff2", "sum_ff2", "next_inputs"}) {
-      if (l + 1 == depth && std::strcmp(n, "next_inputs") == 0) continue;
-      names.push_back("l" + std::to_string(l) + "_" + n);
-    }
-  }
-  names.push_back("proj_out");
-  names.push_back("sum_proj_out");
-  names.push_back("norm_out");
-  const auto at = [&](int slot, int c) { return static_cast<double>(t[slot * grid + c]); };
-  const auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  double start = at(0, 0);
-  for (int c = 0; c < grid; ++c) start = std::min(start, at(0, c));
-  std::string phases;
-  for (int k = 0; k <= barriers; ++k) {
-    std::vector<double> work(grid), depart(grid);
-    double last_arrival = 0;
-    for (int c = 0; c < grid; ++c) {
-      const double begin = k == 0 ? at(0, c) : at(2 * k, c);
-      const double end = at(2 * k + 1, c);
-      work[c] = (end - begin) / 1e3;
-      last_arrival = std::max(last_arrival, end);
-      if (k < barriers) depart[c] = at(2 * k + 2, c);
-    }
-    const double slowest = *std::max_element(work.begin(), work.end());
-    double sync = 0;
-    if (k < barriers) {
-      for (double& d : depart) d = (d - last_arrival) / 1e3;
-      sync = median(depart);
-    }
-    char buf[200];
-    std::snprintf(buf, sizeof buf, "%s[\"%s\", %.2f, %.2f, %.2f]", k ? ", " : "",
-                  names[static_cast<std::size_t>(k)].c_str(), slowest, median(work), sync);
-    phases += buf;
-  }
-  double finish = 0;
-  for (int c = 0; c < grid; ++c) finish = std::max(finish, at(slots - 1, c));
-  std::printf("{\"bench\": \"resampler_fused_timeline\", \"card\": \"%s\", \"grid\": %d, "
-              "\"span_us\": %.2f, \"phases\": \"[name, slowest CTA us, median CTA us, barrier "
-              "us after last arrival]\", \"rows\": [%s]}\n",
-              g_card.c_str(), grid, (finish - start) / 1e3, phases.c_str());
-}
-
-// The Resampler by default (one persistent kernel on sm_90+), as the chain of skinny-GEMM
-// kernels (programmatic launches) and with the cuBLAS SGEMM path, in the same process.
+// The Resampler with its default GEMMs (skinny fp32 kernel, programmatic launches) and with
+// the cuBLAS SGEMM path, in the same process.
 void bench_resampler(cudaStream_t stream) {
   const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
   const int d_out = 2048, batch = 2;
   const instantid::InstantIDModel w = resampler_weights(layout, d_out);
   double weight_bytes = 0;
   for (const auto& kv : w.tensors()) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
-  enum class Path { kDefault, kSkinnyChain, kCublas };
-  for (Path path : {Path::kDefault, Path::kSkinnyChain, Path::kCublas}) {
+  for (bool cublas : {false, true}) {
     instantid::cuda::GpuResamplerOptions options;
-    if (path == Path::kSkinnyChain) options.fused = false;
-    if (path == Path::kCublas) {
+    if (cublas) {
       options.gemm_path = instantid::cuda::GemmPath::kCublas;
       options.programmatic = false;
     }
@@ -568,34 +469,11 @@ void bench_resampler(cudaStream_t stream) {
     cudaGraphExec_t exec =
         capture(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
     const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
-    const char* name = path == Path::kCublas        ? "resampler_cond_uncond_cublas_path"
-                       : path == Path::kSkinnyChain ? "resampler_cond_uncond_skinny_chain"
-                                                    : "resampler_cond_uncond";
-    const std::string dtype =
-        path == Path::kCublas ? "f32 (cuBLAS SGEMM, no TF32, plain launches)"
-        : gpu.fused()         ? "f32 (one persistent kernel, fused_resampler)"
-                              : "f32 (skinny GEMM chain, programmatic launches)";
-    row(name, s, weight_bytes,
-        ", \"batch\": 2, \"dtype\": \"" + dtype + "\", \"note\": \"bytes = weights read\"");
-    if (gpu.fused()) {
-      for (int probe : {1, 2, 3}) {
-        // Probes leave out part of the linear layers' work (meaningless output, timing only).
-        gpu.fused_kernel()->set_probe(probe);
-        cudaGraphExec_t probe_exec =
-            capture(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
-        gpu.fused_kernel()->set_probe(0);
-        const Stats ps =
-            time_it(stream, [&] { check_cuda(cudaGraphLaunch(probe_exec, stream), "graph"); });
-        const char* names[] = {"", "resampler_fused_probe_no_multiply",
-                               "resampler_fused_probe_no_weight_stream",
-                               "resampler_fused_probe_no_activation_loads"};
-        row(names[probe], ps, weight_bytes, ", \"note\": \"diagnostic: output meaningless\"");
-        cudaGraphExecDestroy(probe_exec);
-      }
-      fused_resampler_timeline(
-          *gpu.fused_kernel(), layout.depth,
-          [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); }, stream);
-    }
+    row(cublas ? "resampler_cond_uncond_cublas_path" : "resampler_cond_uncond", s, weight_bytes,
+        cublas ? ", \"batch\": 2, \"dtype\": \"f32 (cuBLAS SGEMM, no TF32, plain launches)\", "
+                 "\"note\": \"bytes = weights read\""
+               : ", \"batch\": 2, \"dtype\": \"f32 (skinny GEMM, programmatic launches)\", "
+                 "\"note\": \"bytes = weights read\"");
     cudaGraphExecDestroy(exec);
   }
 }

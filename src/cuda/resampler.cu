@@ -243,11 +243,6 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     tensors.push_back(&t);
     total += static_cast<std::size_t>(t.numel() + 63) / 64 * 64;  // 256-byte aligned slices
   }
-  if (options.fused && options.gemm_path == GemmPath::kAuto &&
-      FusedResampler::supported(layout, output_dim, max_batch, max_tokens)) {
-    fused_ = std::make_unique<FusedResampler>(layout, output_dim, weights, max_batch, max_tokens);
-    return;
-  }
   weights_ = DeviceBuffer(total * sizeof(float));
   std::size_t offset = 0;
   for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -291,7 +286,6 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
 GpuResampler::~GpuResampler() = default;
 
 std::size_t GpuResampler::device_bytes() const {
-  if (fused_) return fused_->device_bytes();
   return weights_.bytes() + workspace_.bytes() + gemm_->device_bytes();
 }
 
@@ -307,10 +301,6 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
                   ", expected 1..", max_batch_);
   INSTANTID_CHECK(tokens >= 1 && tokens <= max_tokens_, "GpuResampler::run: tokens: got ", tokens,
                   ", expected 1..", max_tokens_);
-  if (fused_) {
-    fused_->run(x, batch, tokens, out, stream);
-    return;
-  }
   const int dim = layout_.dim, inner = layout_.heads * layout_.dim_head;
   const int ff = layout_.dim * layout_.ff_mult, nq = layout_.num_queries;
   const int rows = batch * nq, x_rows = batch * tokens, keys = tokens + nq;

@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "cuda/cuda_check.hpp"
-#include "cuda/fused_resampler.hpp"
 #include "cuda/skinny_gemm.hpp"
 #include "instantid/layout.hpp"
 #include "instantid/tensor.hpp"
@@ -29,9 +28,6 @@ struct GpuResamplerOptions {
   int ctas_per_sm = kSkinnyGemmCtasPerSm;  // skinny GEMM split count (skinny_gemm_splits)
   int lane_rows = 0;                       // skinny GEMM lane grid (SkinnyGemmParams)
   bool programmatic = true;                // programmatic dependent launches on sm_90+
-  // One persistent kernel (fused_resampler.hpp) where the device and shape allow it (sm_90+,
-  // batch · (tokens + 16) <= 40) and gemm_path is kAuto; the other settings then do not apply.
-  bool fused = true;
 };
 
 class GpuResampler {
@@ -51,10 +47,8 @@ class GpuResampler {
 
   std::size_t device_bytes() const;
   int output_dim() const { return output_dim_; }
-  GemmPath gemm_path() const { return gemm_ ? gemm_->path() : GemmPath::kAuto; }
+  GemmPath gemm_path() const { return gemm_->path(); }
   bool programmatic_launch() const { return programmatic_; }
-  bool fused() const { return fused_ != nullptr; }
-  FusedResampler* fused_kernel() { return fused_.get(); }  // null unless fused()
 
  private:
   struct Layer {
@@ -68,7 +62,6 @@ class GpuResampler {
   int output_dim_ = 0;
   int max_batch_ = 0;
   int max_tokens_ = 0;
-  std::unique_ptr<FusedResampler> fused_;  // set: run() is its one kernel, nothing below is used
   std::unique_ptr<LinearGemm> gemm_;
   bool programmatic_ = false;  // kernels of run() chained by programmatic dependent launch
   DeviceBuffer weights_;
