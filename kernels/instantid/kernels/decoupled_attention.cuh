@@ -174,6 +174,189 @@ struct PhaseInfo {
 
 }  // namespace attention_detail
 
+namespace attention_detail {
+
+// One online-softmax step of a warp's 16 query rows over keys [base, base + valid) of swizzled
+// K and V in shared memory (valid <= 16 · kKeyBlocks; blocks past valid are skipped, masked keys
+// score -inf): S = q·kᵀ, the running max and sum, O = alpha · O + P·V with P rounded to T.
+template <typename T, int kHeadDim, int kKeyBlocks>
+__device__ __forceinline__ void online_softmax_step(float (&o_acc)[kHeadDim / 8][4],
+                                                    float (&m_run)[2], float (&l_run)[2],
+                                                    const std::uint32_t (&q_frag)[kHeadDim / 16][4],
+                                                    const T* s_k, const T* s_v, int base,
+                                                    int valid) {
+  using Mma = MmaType<T>;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kDTiles = kHeadDim / 8;
+  constexpr int kKeyTiles = 2 * kKeyBlocks;
+  const int lane = threadIdx.x % 32;
+  const int my_col = (lane % 4) * 2;
+  // log2(e) / sqrt(d): scores go straight to exp2.
+  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
+  float s[kKeyTiles][4];
+#pragma unroll
+  for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
+  }
+#pragma unroll
+  for (int kb = 0; kb < kKeyBlocks; ++kb) {
+    if (kb * 16 < valid) {
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        std::uint32_t bfrag[4];
+        const int key = base + kb * 16 + (lane % 8) + (lane / 16) * 8;
+        const int c = kk * 16 + ((lane / 8) % 2) * 8;
+        ldmatrix_x4(bfrag, s_k + swizzle<kHeadDim>(key, c));
+        Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
+        Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
+      }
+    }
+  }
+  // Rows my_row and my_row + 8 of the C fragments; masked keys at -inf.
+  float m_tile[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = j * 8 + my_col + (e & 1);
+      s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
+      m_tile[e / 2] = fmaxf(m_tile[e / 2], s[j][e]);
+    }
+  }
+  float alpha[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 1));
+    m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 2));
+    const float m_new = fmaxf(m_run[r], m_tile[r]);
+    alpha[r] = fast_exp2(m_run[r] - m_new);
+    m_run[r] = m_new;
+    l_run[r] *= alpha[r];
+  }
+#pragma unroll
+  for (int j = 0; j < kKeyTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[j][e] = fast_exp2(s[j][e] - m_run[e / 2]);
+      l_run[e / 2] += s[j][e];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kDTiles; ++j) {
+    o_acc[j][0] *= alpha[0];
+    o_acc[j][1] *= alpha[0];
+    o_acc[j][2] *= alpha[1];
+    o_acc[j][3] *= alpha[1];
+  }
+  // O += P·V; P rounded to T (the A operand), V read transposed by ldmatrix.
+#pragma unroll
+  for (int kb = 0; kb < kKeyBlocks; ++kb) {
+    if (kb * 16 < valid) {
+      std::uint32_t a[4];
+      a[0] = Mma::pack(s[2 * kb][0], s[2 * kb][1]);
+      a[1] = Mma::pack(s[2 * kb][2], s[2 * kb][3]);
+      a[2] = Mma::pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+      a[3] = Mma::pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
+        std::uint32_t bfrag[4];
+        const int key = base + kb * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        const int c = dp * 16 + (lane / 16) * 8;
+        ldmatrix_x4_trans(bfrag, s_v + swizzle<kHeadDim>(key, c));
+        Mma::mma(o_acc[2 * dp], a, bfrag[0], bfrag[1]);
+        Mma::mma(o_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
+      }
+    }
+  }
+}
+
+// A finished phase joins the output: out_acc += scale · M[image, n] / l · O for this thread's
+// rows n = n_first and n_first + 8 (mask: [mask_rows, queries] or null).
+template <int kHeadDim>
+__device__ __forceinline__ void fold_phase(float (&out_acc)[kHeadDim / 8][4],
+                                           const float (&o_acc)[kHeadDim / 8][4],
+                                           const float (&l_run)[2], float scale, const float* mask,
+                                           int mask_rows, int image, int n_first, int queries) {
+  float factor[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_run[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    factor[r] = scale / l;
+    if (mask != nullptr) {
+      const int n = n_first + r * 8;
+      const int mrow = min(image, mask_rows - 1);
+      factor[r] *= n < queries ? mask[static_cast<std::int64_t>(mrow) * queries + n] : 0.0f;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kHeadDim / 8; ++j) {
+    out_acc[j][0] += factor[0] * o_acc[j][0];
+    out_acc[j][1] += factor[0] * o_acc[j][1];
+    out_acc[j][2] += factor[1] * o_acc[j][2];
+    out_acc[j][3] += factor[1] * o_acc[j][3];
+  }
+}
+
+// "Add ip only": the previous out of rows n_first and n_first + 8 joins the fp32 sum, so the
+// result is rounded once. out: row 0 of the head, rows row_stride apart.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void add_previous_out(float (&out_acc)[kHeadDim / 8][4], const T* out,
+                                                 std::int64_t row_stride, int n_first,
+                                                 int queries) {
+  using Mma = MmaType<T>;
+  const int my_col = (threadIdx.x % 4) * 2;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int n = n_first + r * 8;
+    if (n < queries) {
+#pragma unroll
+      for (int j = 0; j < kHeadDim / 8; ++j) {
+        const float2 old = Mma::unpack(
+            *reinterpret_cast<const std::uint32_t*>(out + n * row_stride + j * 8 + my_col));
+        out_acc[j][2 * r] += old.x;
+        out_acc[j][2 * r + 1] += old.y;
+      }
+    }
+  }
+}
+
+// Rounds the warp's 16 output rows to T, stages them in its swizzled [16, kHeadDim] buffer
+// `stage` (free to overwrite once every lane is done with it) and stores rows first_row ..
+// first_row + 15 (those < queries) of out with 16-byte stores.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void store_warp_rows(const float (&out_acc)[kHeadDim / 8][4], T* stage,
+                                                T* out, std::int64_t row_stride, int first_row,
+                                                int queries) {
+  using Mma = MmaType<T>;
+  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks of a row
+  const int lane = threadIdx.x % 32;
+  const int my_row = lane / 4, my_col = (lane % 4) * 2;
+  __syncwarp();  // every lane is done reading the buffer
+#pragma unroll
+  for (int j = 0; j < kHeadDim / 8; ++j) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      *reinterpret_cast<std::uint32_t*>(stage + swizzle<kHeadDim>(my_row + r * 8, j * 8 + my_col)) =
+          Mma::pack(out_acc[j][2 * r], out_acc[j][2 * r + 1]);
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const int n = first_row + r;
+    if (n < queries) {
+      *reinterpret_cast<uint4*>(out + n * row_stride + c * 8) =
+          *reinterpret_cast<const uint4*>(stage + swizzle<kHeadDim>(r, c * 8));
+    }
+  }
+}
+
+}  // namespace attention_detail
+
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
                                   AttentionTile<kHeadDim>::kMinBlocks)
@@ -184,7 +367,6 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
   constexpr int kKeys = Tile::kKeys;
   constexpr int kKSteps = kHeadDim / 16;  // k-steps of q·kᵀ
   constexpr int kDTiles = kHeadDim / 8;   // n-tiles of the output
-  constexpr int kKeyTiles = kKeys / 8;    // n-tiles of the scores
   constexpr int kKeyBlocks = kKeys / 16;  // 16-key blocks (k-steps of P·V)
 
   __shared__ __align__(128) T s_q[Tile::kRows * kHeadDim];  // [64, d], swizzled
@@ -265,9 +447,6 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
   // Rows of this thread in the C fragments: r and r + 8 of the warp's 16.
   const int warp_row = warp * 16;
   const int my_row = lane / 4;
-  const int my_col = (lane % 4) * 2;
-  // log2(e) / sqrt(d): scores go straight to exp2.
-  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
 
   int next_phase = 0, next_tile = 0;  // the tile to issue next
   if (total_tiles > 0) {
@@ -319,110 +498,13 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
     const T* sk = s_k[stage];
     const T* sv = s_v[stage];
 
-    // S = q·kᵀ over the 16-key blocks that hold at least one valid key.
-    float s[kKeyTiles][4];
-#pragma unroll
-    for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
-    }
-#pragma unroll
-    for (int kb = 0; kb < kKeyBlocks; ++kb) {
-      if (kb * 16 < valid) {
-#pragma unroll
-        for (int kk = 0; kk < kKSteps; ++kk) {
-          std::uint32_t bfrag[4];
-          const int key = kb * 16 + (lane % 8) + (lane / 16) * 8;
-          const int c = kk * 16 + ((lane / 8) % 2) * 8;
-          attention_detail::ldmatrix_x4(bfrag, sk + attention_detail::swizzle<kHeadDim>(key, c));
-          Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
-          Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
-        }
-      }
-    }
-
-    // Online softmax (rows my_row and my_row + 8), masked keys at -inf.
-    float m_tile[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = j * 8 + my_col + (e & 1);
-        s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
-        m_tile[e / 2] = fmaxf(m_tile[e / 2], s[j][e]);
-      }
-    }
-    float alpha[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 1));
-      m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 2));
-      const float m_new = fmaxf(m_run[r], m_tile[r]);
-      alpha[r] = attention_detail::fast_exp2(m_run[r] - m_new);
-      m_run[r] = m_new;
-      l_run[r] *= alpha[r];
-    }
-#pragma unroll
-    for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[j][e] = attention_detail::fast_exp2(s[j][e] - m_run[e / 2]);
-        l_run[e / 2] += s[j][e];
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kDTiles; ++j) {
-      o_acc[j][0] *= alpha[0];
-      o_acc[j][1] *= alpha[0];
-      o_acc[j][2] *= alpha[1];
-      o_acc[j][3] *= alpha[1];
-    }
-
-    // O += P·V; P rounded to T (the A operand), V read transposed by ldmatrix.
-#pragma unroll
-    for (int kb = 0; kb < kKeyBlocks; ++kb) {
-      if (kb * 16 < valid) {
-        std::uint32_t a[4];
-        a[0] = Mma::pack(s[2 * kb][0], s[2 * kb][1]);
-        a[1] = Mma::pack(s[2 * kb][2], s[2 * kb][3]);
-        a[2] = Mma::pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
-        a[3] = Mma::pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
-#pragma unroll
-        for (int dp = 0; dp < kDTiles / 2; ++dp) {
-          std::uint32_t bfrag[4];
-          const int key = kb * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-          const int c = dp * 16 + (lane / 16) * 8;
-          attention_detail::ldmatrix_x4_trans(bfrag,
-                                              sv + attention_detail::swizzle<kHeadDim>(key, c));
-          Mma::mma(o_acc[2 * dp], a, bfrag[0], bfrag[1]);
-          Mma::mma(o_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
-        }
-      }
-    }
-
+    attention_detail::online_softmax_step<T, kHeadDim, kKeyBlocks>(o_acc, m_run, l_run, q_frag, sk, sv,
+                                                                  0, valid);
     if (++tile == ph.tiles) {
       // Phase done: fold s · M / l · O into the output.
-      float factor[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float l = l_run[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        factor[r] = ph.scale / l;
-        if (ph.mask != nullptr) {
-          const int n = row0 + warp_row + my_row + r * 8;
-          const int mrow = min(b % p.images_per_chunk, ph.mask_rows - 1);
-          factor[r] *=
-              n < p.queries ? ph.mask[static_cast<std::int64_t>(mrow) * p.queries + n] : 0.0f;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kDTiles; ++j) {
-        out_acc[j][0] += factor[0] * o_acc[j][0];
-        out_acc[j][1] += factor[0] * o_acc[j][1];
-        out_acc[j][2] += factor[1] * o_acc[j][2];
-        out_acc[j][3] += factor[1] * o_acc[j][3];
-      }
+      attention_detail::fold_phase<kHeadDim>(out_acc, o_acc, l_run, ph.scale, ph.mask, ph.mask_rows,
+                                             b % p.images_per_chunk, row0 + warp_row + my_row,
+                                             p.queries);
       ++phase;
       tile = 0;
     }
@@ -432,51 +514,16 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
   // "Add ip only": the previous out joins the fp32 sum, so the result is rounded once.
   T* out = static_cast<T*>(p.out) + b * p.out_batch_stride + head_col;
   if (!p.include_text) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int n = row0 + warp_row + my_row + r * 8;
-      if (n < p.queries) {
-#pragma unroll
-        for (int j = 0; j < kDTiles; ++j) {
-          const float2 old = Mma::unpack(
-              *reinterpret_cast<const std::uint32_t*>(out + n * p.out_row_stride + j * 8 + my_col));
-          out_acc[j][2 * r] += old.x;
-          out_acc[j][2 * r + 1] += old.y;
-        }
-      }
-    }
+    attention_detail::add_previous_out<T, kHeadDim>(out_acc, out, p.out_row_stride,
+                                                    row0 + warp_row + my_row, p.queries);
   }
-
-  // Stage the warp's 16 rows through its own rows of s_q (no longer read), then store 16 bytes
-  // per thread.
+  // Stage the warp's 16 rows through its own rows of s_q (no longer read), then store.
   if (total_tiles == 0) {
     cp_async_wait<0>();
     __syncthreads();  // every thread's q copies have landed before s_q is overwritten
   }
-  __syncwarp();  // every lane of the warp is done reading its q rows
-#pragma unroll
-  for (int j = 0; j < kDTiles; ++j) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = warp_row + my_row + r * 8;
-      const int col = j * 8 + my_col;
-      *reinterpret_cast<std::uint32_t*>(s_q + attention_detail::swizzle<kHeadDim>(row, col)) =
-          Mma::pack(out_acc[j][2 * r], out_acc[j][2 * r + 1]);
-    }
-  }
-  __syncwarp();
-  constexpr int kWarpChunks = 16 * Tile::kChunks;
-#pragma unroll
-  for (int idx = lane; idx < kWarpChunks; idx += 32) {
-    const int row = warp_row + idx / Tile::kChunks;
-    const int chunk = idx % Tile::kChunks;
-    const int n = row0 + row;
-    if (n < p.queries) {
-      *reinterpret_cast<uint4*>(out + n * p.out_row_stride + chunk * 8) =
-          *reinterpret_cast<const uint4*>(s_q +
-                                          attention_detail::swizzle<kHeadDim>(row, chunk * 8));
-    }
-  }
+  attention_detail::store_warp_rows<T, kHeadDim>(out_acc, s_q + warp_row * kHeadDim, out,
+                                                 p.out_row_stride, row0 + warp_row, p.queries);
 }
 
 // ---- Resident variant: every key of every phase in shared memory at once ---------------------
@@ -803,7 +850,6 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
   constexpr int kChunkKeys = kSingle ? Tile::kSingleKeys : Tile::kChunkKeys;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kDTiles = kHeadDim / 8;
-  constexpr int kKeyTiles = kChunkKeys / 8;
   constexpr int kKeyBlocks = kChunkKeys / 16;
   constexpr int kChunks = Tile::kChunks;
 
@@ -895,8 +941,6 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
   __syncthreads();  // keys and values of every thread have landed
 
   const int my_row = lane / 4;
-  const int my_col = (lane % 4) * 2;
-  const float score_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(kHeadDim));
 
 #pragma unroll 1
   for (int g = 0; g < Tile::kGroups; ++g) {
@@ -964,144 +1008,22 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
         for (int c0 = 0; c0 < phase.count; c0 += kChunkKeys) {
           const int valid = min(kChunkKeys, phase.count - c0);
           const int base = phase.start + c0;
-          float s[kKeyTiles][4];
-#pragma unroll
-          for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[j][e] = 0.0f;
-          }
-#pragma unroll
-          for (int kb = 0; kb < kKeyBlocks; ++kb) {
-            if (kb * 16 < valid) {
-#pragma unroll
-              for (int kk = 0; kk < kKSteps; ++kk) {
-                std::uint32_t bfrag[4];
-                const int key = base + kb * 16 + (lane % 8) + (lane / 16) * 8;
-                const int c = kk * 16 + ((lane / 8) % 2) * 8;
-                attention_detail::ldmatrix_x4(bfrag,
-                                              s_k + attention_detail::swizzle<kHeadDim>(key, c));
-                Mma::mma(s[2 * kb], q_frag[kk], bfrag[0], bfrag[1]);
-                Mma::mma(s[2 * kb + 1], q_frag[kk], bfrag[2], bfrag[3]);
-              }
-            }
-          }
-          float m_tile[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-          for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int key = j * 8 + my_col + (e & 1);
-              s[j][e] = key < valid ? s[j][e] * score_scale : -INFINITY;
-              m_tile[e / 2] = fmaxf(m_tile[e / 2], s[j][e]);
-            }
-          }
-          float alpha[2];
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 1));
-            m_tile[r] = fmaxf(m_tile[r], __shfl_xor_sync(0xffffffffu, m_tile[r], 2));
-            const float m_new = fmaxf(m_run[r], m_tile[r]);
-            alpha[r] = attention_detail::fast_exp2(m_run[r] - m_new);
-            m_run[r] = m_new;
-            l_run[r] *= alpha[r];
-          }
-#pragma unroll
-          for (int j = 0; j < kKeyTiles; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              s[j][e] = attention_detail::fast_exp2(s[j][e] - m_run[e / 2]);
-              l_run[e / 2] += s[j][e];
-            }
-          }
-#pragma unroll
-          for (int j = 0; j < kDTiles; ++j) {
-            o_acc[j][0] *= alpha[0];
-            o_acc[j][1] *= alpha[0];
-            o_acc[j][2] *= alpha[1];
-            o_acc[j][3] *= alpha[1];
-          }
-#pragma unroll
-          for (int kb = 0; kb < kKeyBlocks; ++kb) {
-            if (kb * 16 < valid) {
-              std::uint32_t a[4];
-              a[0] = Mma::pack(s[2 * kb][0], s[2 * kb][1]);
-              a[1] = Mma::pack(s[2 * kb][2], s[2 * kb][3]);
-              a[2] = Mma::pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
-              a[3] = Mma::pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
-#pragma unroll
-              for (int dp = 0; dp < kDTiles / 2; ++dp) {
-                std::uint32_t bfrag[4];
-                const int key = base + kb * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-                const int c = dp * 16 + (lane / 16) * 8;
-                attention_detail::ldmatrix_x4_trans(
-                    bfrag, s_v + attention_detail::swizzle<kHeadDim>(key, c));
-                Mma::mma(o_acc[2 * dp], a, bfrag[0], bfrag[1]);
-                Mma::mma(o_acc[2 * dp + 1], a, bfrag[2], bfrag[3]);
-              }
-            }
-          }
+          attention_detail::online_softmax_step<T, kHeadDim, kKeyBlocks>(o_acc, m_run, l_run, q_frag,
+                                                                        s_k, s_v, base, valid);
         }
-        float factor[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float l = l_run[r];
-          l += __shfl_xor_sync(0xffffffffu, l, 1);
-          l += __shfl_xor_sync(0xffffffffu, l, 2);
-          factor[r] = phase.scale / l;
-          if (phase.mask != nullptr) {
-            const int n = row0 + my_row + r * 8;
-            const int mrow = min(b % p.images_per_chunk, phase.mask_rows - 1);
-            factor[r] *=
-                n < p.queries ? phase.mask[static_cast<std::int64_t>(mrow) * p.queries + n] : 0.0f;
-          }
-        }
-#pragma unroll
-        for (int j = 0; j < kDTiles; ++j) {
-          out_acc[j][0] += factor[0] * o_acc[j][0];
-          out_acc[j][1] += factor[0] * o_acc[j][1];
-          out_acc[j][2] += factor[1] * o_acc[j][2];
-          out_acc[j][3] += factor[1] * o_acc[j][3];
-        }
+        attention_detail::fold_phase<kHeadDim>(out_acc, o_acc, l_run, phase.scale, phase.mask,
+                                               phase.mask_rows, b % p.images_per_chunk,
+                                               row0 + my_row, p.queries);
       }
     }  // kSingle
 
     if (!p.include_text) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int n = row0 + my_row + r * 8;
-        if (n < p.queries) {
-#pragma unroll
-          for (int j = 0; j < kDTiles; ++j) {
-            const float2 old = Mma::unpack(*reinterpret_cast<const std::uint32_t*>(
-                out_base + n * p.out_row_stride + j * 8 + my_col));
-            out_acc[j][2 * r] += old.x;
-            out_acc[j][2 * r + 1] += old.y;
-          }
-        }
-      }
+      attention_detail::add_previous_out<T, kHeadDim>(out_acc, out_base, p.out_row_stride,
+                                                      row0 + my_row, p.queries);
     }
-    // Stage through this group's q buffer (its q is in registers now), then 16-byte stores.
-    __syncwarp();  // every lane has read its q fragments
-#pragma unroll
-    for (int j = 0; j < kDTiles; ++j) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        *reinterpret_cast<std::uint32_t*>(
-            sq + attention_detail::swizzle<kHeadDim>(my_row + r * 8, j * 8 + my_col)) =
-            Mma::pack(out_acc[j][2 * r], out_acc[j][2 * r + 1]);
-      }
-    }
-    __syncwarp();
-#pragma unroll
-    for (int idx = lane; idx < 16 * kChunks; idx += 32) {
-      const int r = idx / kChunks;
-      const int c = idx % kChunks;
-      const int n = row0 + r;
-      if (n < p.queries) {
-        *reinterpret_cast<uint4*>(out_base + n * p.out_row_stride + c * 8) =
-            *reinterpret_cast<const uint4*>(sq + attention_detail::swizzle<kHeadDim>(r, c * 8));
-      }
-    }
+    // Stage through this group's q buffer (its q is in registers now), then store.
+    attention_detail::store_warp_rows<T, kHeadDim>(out_acc, sq, out_base, p.out_row_stride, row0,
+                                                   p.queries);
   }
 }
 
