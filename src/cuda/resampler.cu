@@ -318,8 +318,9 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
         pdl, norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
         norm_job(latents_buf_, l.norm2_w, l.norm2_b, rows, kv_in_, nq, keys, tokens, ln_), dim,
         stream);
-    gemm(ln_, l.to_q, nullptr, q_, rows, inner, dim, 0.0f, false, stream);
-    gemm(kv_in_, l.to_kv, nullptr, kv_, batch * keys, 2 * inner, dim, 0.0f, false, stream);
+    // to_q and to_kv read different inputs but nothing of each other: one launch.
+    gemm_->run_pair({ln_, l.to_q, q_, rows, inner, dim},
+                    {kv_in_, l.to_kv, kv_, batch * keys, 2 * inner, dim}, stream);
     launch(pdl, perceiver_attention_kernel, dim3(batch, layout_.heads), dim3(256), stream,
            static_cast<const float*>(q_), static_cast<const float*>(kv_), attn_, nq, keys, inner,
            scale);

@@ -20,11 +20,14 @@ constexpr int kStride = kTileK + 4;
 constexpr int kStages = 4;
 constexpr int kMinTilesPerSplit = 2;
 
+// One launch runs one or two problems: CTAs with blockIdx.x < tiles0 take the first, the others
+// the second (each with its own split count; blockIdx.y past it exits at once).
 struct KernelArgs {
-  SkinnyGemmParams p;
-  int k_tiles = 0;
-  unsigned* tickets = nullptr;  // [tiles]
-  float* partials = nullptr;    // [tiles, splits, M, 64]
+  SkinnyGemmParams p[2];
+  int k_tiles[2] = {0, 0};
+  int tiles0 = 0;
+  unsigned* tickets = nullptr;                // [tiles0 + tiles1]
+  float* partials[2] = {nullptr, nullptr};    // per problem [tiles, splits, M, 64]
 };
 
 __device__ __forceinline__ float epilogue(float v, const SkinnyGemmParams& p, int m, int n) {
@@ -57,13 +60,15 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   __shared__ unsigned s_last;
-  const SkinnyGemmParams& p = args.p;
-  const int tile = blockIdx.x;
+  const int problem = static_cast<int>(blockIdx.x) < args.tiles0 ? 0 : 1;
+  const SkinnyGemmParams& p = args.p[problem];
+  const int tile = static_cast<int>(blockIdx.x) - (problem == 0 ? 0 : args.tiles0);
   const int split = blockIdx.y;
+  if (split >= p.splits) return;  // the other problem of the launch has more splits
+  const int k_tiles = args.k_tiles[problem];
   const int n0 = tile * kTileN;
-  const int t_begin = static_cast<int>(static_cast<std::int64_t>(split) * args.k_tiles / p.splits);
-  const int t_end =
-      static_cast<int>(static_cast<std::int64_t>(split + 1) * args.k_tiles / p.splits);
+  const int t_begin = static_cast<int>(static_cast<std::int64_t>(split) * k_tiles / p.splits);
+  const int t_end = static_cast<int>(static_cast<std::int64_t>(split + 1) * k_tiles / p.splits);
   const int count = t_end - t_begin;
   const int tid = threadIdx.x;
 
@@ -211,7 +216,9 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
 
   // Split K: publish this CTA's partial, take a ticket; the last CTA of the tile sums all
   // partials in split order (s = 0, 1, ...) and writes C.
-  float* tile_partials = args.partials + static_cast<std::int64_t>(tile) * p.splits * p.m * kTileN;
+  float* tile_partials =
+      args.partials[problem] + static_cast<std::int64_t>(tile) * p.splits * p.m * kTileN;
+  unsigned* ticket = args.tickets + (problem == 0 ? 0 : args.tiles0) + tile;
   if (wk == 0) {
     float* mine = tile_partials + static_cast<std::int64_t>(split) * p.m * kTileN;
 #pragma unroll
@@ -225,7 +232,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   }
   __threadfence();
   __syncthreads();
-  if (tid == 0) s_last = atomicAdd(&args.tickets[tile], 1u) == static_cast<unsigned>(p.splits - 1);
+  if (tid == 0) s_last = atomicAdd(ticket, 1u) == static_cast<unsigned>(p.splits - 1);
   __syncthreads();
   if (s_last == 0u) return;
   __threadfence();
@@ -263,11 +270,11 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
         p.c[static_cast<std::int64_t>(m) * p.n + n + u] = epilogue(v[u], p, m, n + u);
     }
   }
-  if (tid == 0) args.tickets[tile] = 0u;
+  if (tid == 0) *ticket = 0u;
 }
 
 template <int kMLanes, int kMPerLane>
-cudaError_t launch(const KernelArgs& args, int tiles, cudaStream_t stream) noexcept {
+cudaError_t launch(const KernelArgs& args, int tiles, int splits, cudaStream_t stream) noexcept {
   constexpr int kMPad = kMLanes * kMPerLane;
   constexpr std::size_t kSmem = std::size_t{kStages} * (kMPad + kTileN) * kStride * sizeof(float);
   if (kSmem > 48 * 1024) {
@@ -277,9 +284,9 @@ cudaError_t launch(const KernelArgs& args, int tiles, cudaStream_t stream) noexc
     if (e != cudaSuccess) return e;
   }
   return kernels::launch_kernel(
-      args.p.programmatic, skinny_gemm_kernel<kMLanes, kMPerLane>,
-      dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(args.p.splits)), dim3(kThreads),
-      kSmem, stream, args);
+      args.p[0].programmatic, skinny_gemm_kernel<kMLanes, kMPerLane>,
+      dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)), dim3(kThreads), kSmem,
+      stream, args);
 }
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -305,13 +312,21 @@ bool skinny_gemm_supported(int m, int n, int k, const float* a, const float* w) 
          aligned(w);
 }
 
-int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm) noexcept {
+namespace {
+
+// Splits that bring tiles · splits up to about `target` CTAs, each with >= 2 k tiles.
+int splits_for_target(int n, int k, int target) noexcept {
   if (n < 1 || k < 1) return 1;
   const int tiles = ceil_div(n, kTileN);
-  const int target = std::max(1, sm_count) * std::max(1, ctas_per_sm);
   if (tiles >= target) return 1;
   const int most = std::max(1, ceil_div(k, kTileK) / kMinTilesPerSplit);
   return std::max(1, std::min(target / tiles, most));
+}
+
+}  // namespace
+
+int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm) noexcept {
+  return splits_for_target(n, k, std::max(1, sm_count) * std::max(1, ctas_per_sm));
 }
 
 int skinny_gemm_tiles(int n) noexcept { return n < 1 ? 0 : ceil_div(n, kTileN); }
@@ -321,46 +336,85 @@ std::size_t skinny_gemm_partials_count(int m, int n, int splits) noexcept {
   return static_cast<std::size_t>(skinny_gemm_tiles(n)) * splits * m * kTileN;
 }
 
-cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& workspace,
-                        cudaStream_t stream) noexcept {
+namespace {
+
+// Checks one problem of a launch and fills its slot of args; tickets and partials are taken
+// from the workspace from the given offsets. False: nothing may be launched.
+bool prepare_problem(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& workspace,
+                     int slot, int ticket_offset, std::size_t partial_offset,
+                     KernelArgs& args) noexcept {
   if (!skinny_gemm_supported(params.m, params.n, params.k, params.a, params.w) ||
       params.c == nullptr) {
+    return false;
+  }
+  const int k_tiles = ceil_div(params.k, kTileK);
+  if (params.splits < 1 || params.splits > k_tiles) return false;
+  const int tiles = skinny_gemm_tiles(params.n);
+  if (params.splits > 1) {
+    if (workspace.tickets == nullptr || workspace.tickets_count < ticket_offset + tiles ||
+        workspace.partials == nullptr ||
+        workspace.partials_count <
+            partial_offset + skinny_gemm_partials_count(params.m, params.n, params.splits) ||
+        reinterpret_cast<std::uintptr_t>(workspace.partials) % 16 != 0) {
+      return false;
+    }
+  }
+  args.p[slot] = params;
+  args.k_tiles[slot] = k_tiles;
+  args.partials[slot] = workspace.partials == nullptr ? nullptr : workspace.partials + partial_offset;
+  return true;
+}
+
+// Launches args (problems with up to m rows) on the lane grid the first problem asks for.
+cudaError_t launch_for_rows(const KernelArgs& args, int m, int tiles, int splits,
+                            cudaStream_t stream) noexcept {
+  const int lane_rows = args.p[0].lane_rows == 0 ? (m <= 40 ? 4 : 8) : args.p[0].lane_rows;
+  if (lane_rows == 4 && m <= 40) {
+    if (m <= 4) return launch<4, 1>(args, tiles, splits, stream);
+    if (m <= 8) return launch<4, 2>(args, tiles, splits, stream);
+    if (m <= 16) return launch<4, 4>(args, tiles, splits, stream);
+    if (m <= 24) return launch<4, 6>(args, tiles, splits, stream);
+    if (m <= 32) return launch<4, 8>(args, tiles, splits, stream);
+    if (m <= 36) return launch<4, 9>(args, tiles, splits, stream);
+    return launch<4, 10>(args, tiles, splits, stream);
+  }
+  if (lane_rows != 8 && lane_rows != 4) return cudaErrorInvalidValue;
+  if (m <= 8) return launch<8, 1>(args, tiles, splits, stream);
+  if (m <= 16) return launch<8, 2>(args, tiles, splits, stream);
+  if (m <= 24) return launch<8, 3>(args, tiles, splits, stream);
+  if (m <= 32) return launch<8, 4>(args, tiles, splits, stream);
+  if (m <= 40) return launch<8, 5>(args, tiles, splits, stream);
+  if (m <= 48) return launch<8, 6>(args, tiles, splits, stream);
+  return launch<8, 8>(args, tiles, splits, stream);
+}
+
+}  // namespace
+
+cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& workspace,
+                        cudaStream_t stream) noexcept {
+  KernelArgs args;
+  if (!prepare_problem(params, workspace, 0, 0, 0, args)) return cudaErrorInvalidValue;
+  args.tickets = workspace.tickets;
+  args.tiles0 = skinny_gemm_tiles(params.n);
+  return launch_for_rows(args, params.m, args.tiles0, params.splits, stream);
+}
+
+cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmParams& second,
+                             const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept {
+  if (first.programmatic != second.programmatic || first.lane_rows != second.lane_rows) {
     return cudaErrorInvalidValue;
   }
   KernelArgs args;
-  args.p = params;
-  args.k_tiles = ceil_div(params.k, kTileK);
-  if (params.splits < 1 || params.splits > args.k_tiles) return cudaErrorInvalidValue;
-  const int tiles = skinny_gemm_tiles(params.n);
-  if (params.splits > 1) {
-    if (workspace.tickets == nullptr || workspace.tickets_count < tiles ||
-        workspace.partials == nullptr ||
-        workspace.partials_count < skinny_gemm_partials_count(params.m, params.n, params.splits) ||
-        reinterpret_cast<std::uintptr_t>(workspace.partials) % 16 != 0) {
-      return cudaErrorInvalidValue;
-    }
-    args.tickets = workspace.tickets;
-    args.partials = workspace.partials;
+  const int tiles0 = skinny_gemm_tiles(first.n);
+  if (!prepare_problem(first, workspace, 0, 0, 0, args) ||
+      !prepare_problem(second, workspace, 1, tiles0,
+                       skinny_gemm_partials_count(first.m, first.n, first.splits), args)) {
+    return cudaErrorInvalidValue;
   }
-  const int m = params.m;
-  const int lane_rows = params.lane_rows == 0 ? (m <= 40 ? 4 : 8) : params.lane_rows;
-  if (lane_rows == 4 && m <= 40) {
-    if (m <= 4) return launch<4, 1>(args, tiles, stream);
-    if (m <= 8) return launch<4, 2>(args, tiles, stream);
-    if (m <= 16) return launch<4, 4>(args, tiles, stream);
-    if (m <= 24) return launch<4, 6>(args, tiles, stream);
-    if (m <= 32) return launch<4, 8>(args, tiles, stream);
-    if (m <= 36) return launch<4, 9>(args, tiles, stream);
-    return launch<4, 10>(args, tiles, stream);
-  }
-  if (lane_rows != 8 && lane_rows != 4) return cudaErrorInvalidValue;
-  if (m <= 8) return launch<8, 1>(args, tiles, stream);
-  if (m <= 16) return launch<8, 2>(args, tiles, stream);
-  if (m <= 24) return launch<8, 3>(args, tiles, stream);
-  if (m <= 32) return launch<8, 4>(args, tiles, stream);
-  if (m <= 40) return launch<8, 5>(args, tiles, stream);
-  if (m <= 48) return launch<8, 6>(args, tiles, stream);
-  return launch<8, 8>(args, tiles, stream);
+  args.tickets = workspace.tickets;
+  args.tiles0 = tiles0;
+  return launch_for_rows(args, std::max(first.m, second.m), tiles0 + skinny_gemm_tiles(second.n),
+                         std::max(first.splits, second.splits), stream);
 }
 
 LinearGemm::LinearGemm(int max_rows, GemmPath path, int ctas_per_sm, int lane_rows)
@@ -380,13 +434,15 @@ LinearGemm::LinearGemm(int max_rows, GemmPath path, int ctas_per_sm, int lane_ro
     // skinny_gemm_splits keeps tiles · splits <= the CTA target whenever splits > 1.
     const int target = std::max(1, sm_count_) * ctas_per_sm_;
     const int rows = std::min(max_rows, kSkinnyGemmMaxRows);
-    tickets_ = DeviceBuffer(static_cast<std::size_t>(target) * sizeof(unsigned));
-    partials_ = DeviceBuffer(static_cast<std::size_t>(target) * rows * kTileN * sizeof(float));
+    // run_pair's two problems together stay below 2 · target CTAs.
+    const int slots = 2 * target;
+    tickets_ = DeviceBuffer(static_cast<std::size_t>(slots) * sizeof(unsigned));
+    partials_ = DeviceBuffer(static_cast<std::size_t>(slots) * rows * kTileN * sizeof(float));
     check_cuda(cudaMemset(tickets_.data(), 0, tickets_.bytes()), "LinearGemm: zero tickets");
     workspace_.tickets = tickets_.as<unsigned>();
-    workspace_.tickets_count = target;
+    workspace_.tickets_count = slots;
     workspace_.partials = partials_.as<float>();
-    workspace_.partials_count = static_cast<std::size_t>(target) * rows * kTileN;
+    workspace_.partials_count = static_cast<std::size_t>(slots) * rows * kTileN;
   }
   check_cublas(cublasCreate(&cublas_), "cublasCreate");
   // A user workspace keeps cuBLAS from allocating inside stream capture.
@@ -444,6 +500,37 @@ void LinearGemm::run(const float* a, const float* w, const float* bias, float* c
                        kEpilogueThreads, 0, stream>>>(c, bias, total, out, gelu);
     check_cuda(cudaGetLastError(), "LinearGemm: bias/GELU kernel");
   }
+}
+
+void LinearGemm::run_pair(const Product& first, const Product& second, cudaStream_t stream) {
+  if (!uses_skinny(first.rows, first.out, first.in, first.a, first.w) ||
+      !uses_skinny(second.rows, second.out, second.in, second.a, second.w)) {
+    run(first.a, first.w, nullptr, first.c, first.rows, first.out, first.in, 0.0f, false, stream);
+    run(second.a, second.w, nullptr, second.c, second.rows, second.out, second.in, 0.0f, false,
+        stream);
+    return;
+  }
+  // The CTA target of one launch, shared in proportion to the weights each problem reads.
+  const double w0 = static_cast<double>(first.out) * first.in;
+  const double w1 = static_cast<double>(second.out) * second.in;
+  const int target = std::max(1, sm_count_) * ctas_per_sm_;
+  const int target0 = std::max(1, static_cast<int>(target * w0 / (w0 + w1) + 0.5));
+  const int target1 = std::max(1, target - target0);
+  SkinnyGemmParams p[2];
+  const Product* products[2] = {&first, &second};
+  for (int i = 0; i < 2; ++i) {
+    const Product& x = *products[i];
+    p[i].a = x.a;
+    p[i].w = x.w;
+    p[i].c = x.c;
+    p[i].m = x.rows;
+    p[i].n = x.out;
+    p[i].k = x.in;
+    p[i].splits = splits_for_target(x.out, x.in, i == 0 ? target0 : target1);
+    p[i].programmatic = programmatic_;
+    p[i].lane_rows = lane_rows_;
+  }
+  check_cuda(skinny_gemm_pair(p[0], p[1], workspace_, stream), "LinearGemm: skinny_gemm_pair");
 }
 
 }  // namespace instantid::cuda

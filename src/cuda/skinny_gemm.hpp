@@ -68,6 +68,13 @@ std::size_t skinny_gemm_partials_count(int m, int n, int splits) noexcept;  // f
 cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& workspace,
                         cudaStream_t stream) noexcept;
 
+// Two independent problems in one kernel (one pipeline fill and drain instead of two): the
+// tickets of the second follow the first's tiles, its partials the first's partial sums. Each
+// problem's results are bit-identical to its own skinny_gemm launch with the same splits. Both
+// must agree on programmatic and lane_rows.
+cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmParams& second,
+                             const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept;
+
 enum class GemmPath { kAuto, kCublas };
 
 // C = act(A·Wᵀ + bias) + beta·C for any M, N, K: the skinny kernel when supported (and path is
@@ -88,6 +95,17 @@ class LinearGemm {
   // gelu requires beta == 0.
   void run(const float* a, const float* w, const float* bias, float* c, int rows, int out, int in,
            float beta, bool gelu, cudaStream_t stream);
+
+  // C = A·Wᵀ of two independent problems (no bias, GELU or beta): one skinny_gemm_pair launch
+  // with the CTAs shared in proportion to the weights, or two run() calls when either problem
+  // does not take the skinny kernel.
+  struct Product {
+    const float* a;  // [rows, in]
+    const float* w;  // [out, in]
+    float* c;        // [rows, out]
+    int rows, out, in;
+  };
+  void run_pair(const Product& first, const Product& second, cudaStream_t stream);
 
   // Whether run() with these arguments takes the skinny kernel.
   bool uses_skinny(int rows, int out, int in, const float* a, const float* w) const noexcept;

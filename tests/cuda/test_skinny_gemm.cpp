@@ -7,12 +7,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "cuda/skinny_gemm.hpp"
@@ -280,6 +282,86 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
         for (unsigned t : left) CHECK(t == 0u);
       }
     }
+  }
+}
+
+TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_pair accuracy",
+          "[cuda][skinny_gemm]") {
+  // The Resampler's to_q / to_kv shapes, and two problems with different tails, K and rows.
+  const int shapes[][2][3] = {{{32, 1280, 1280}, {34, 2560, 1280}},
+                              {{5, 131, 1028}, {37, 70, 36}}};
+  std::uint32_t seed = 40;
+  for (const auto& pair : shapes) {
+    Problem p[2];
+    for (int i = 0; i < 2; ++i) {
+      p[i] = random_problem(pair[i][0], pair[i][1], pair[i][2], false, 0.0f, false, ++seed);
+    }
+    DeviceProblem d0(p[0]), d1(p[1]);
+    DeviceProblem* d[2] = {&d0, &d1};
+    const int k_tiles[2] = {(p[0].k + 31) / 32, (p[1].k + 31) / 32};
+    for (const auto& sp : {std::pair<int, int>{1, 1}, std::pair<int, int>{3, 1},
+                           std::pair<int, int>{2, k_tiles[1]}}) {
+      const int splits[2] = {std::min(sp.first, k_tiles[0]), std::min(sp.second, k_tiles[1])};
+      INFO("M " << p[0].m << "/" << p[1].m << " splits " << splits[0] << "/" << splits[1]);
+      int tiles = 0;
+      std::size_t partials = 0;
+      for (int i = 0; i < 2; ++i) {
+        tiles += instantid::cuda::skinny_gemm_tiles(p[i].n);
+        partials += instantid::cuda::skinny_gemm_partials_count(p[i].m, p[i].n, splits[i]);
+      }
+      DeviceBuffer tickets(static_cast<std::size_t>(tiles) * 4), sums((partials + 4) * 4);
+      REQUIRE(cudaMemset(tickets.data(), 0, tickets.bytes()) == cudaSuccess);
+      SkinnyGemmWorkspace ws;
+      ws.tickets = tickets.as<unsigned>();
+      ws.tickets_count = tiles;
+      ws.partials = sums.as<float>();
+      ws.partials_count = partials;
+      SkinnyGemmParams params[2];
+      std::vector<float> alone[2];
+      for (int i = 0; i < 2; ++i) {
+        d[i]->reset(p[i]);
+        params[i].a = d[i]->a.as<float>();
+        params[i].w = d[i]->w.as<float>();
+        params[i].c = d[i]->c.as<float>();
+        params[i].m = p[i].m;
+        params[i].n = p[i].n;
+        params[i].k = p[i].k;
+        params[i].splits = splits[i];
+        REQUIRE(instantid::cuda::skinny_gemm(params[i], ws, nullptr) == cudaSuccess);
+        REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+        alone[i] = d[i]->download(p[i]);
+        d[i]->reset(p[i]);
+      }
+      REQUIRE(instantid::cuda::skinny_gemm_pair(params[0], params[1], ws, nullptr) == cudaSuccess);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      for (int i = 0; i < 2; ++i) {
+        const std::vector<float> together = d[i]->download(p[i]);  // also checks the guard cells
+        std::size_t differing = 0;
+        for (std::size_t e = 0; e < together.size(); ++e) {
+          differing += std::memcmp(&together[e], &alone[i][e], 4) != 0 ? 1 : 0;
+        }
+        CHECK(differing == 0);
+      }
+      std::vector<unsigned> left(static_cast<std::size_t>(tiles));  // tickets back at zero
+      REQUIRE(cudaMemcpy(left.data(), tickets.data(), tickets.bytes(), cudaMemcpyDeviceToHost) ==
+              cudaSuccess);
+      for (unsigned t : left) CHECK(t == 0u);
+      // Too small a workspace for the second problem: refused, nothing launched.
+      if (partials > 0) {
+        SkinnyGemmWorkspace small = ws;
+        small.partials_count = partials - 1;
+        CHECK(instantid::cuda::skinny_gemm_pair(params[0], params[1], small, nullptr) ==
+              cudaErrorInvalidValue);
+      }
+    }
+    // LinearGemm::run_pair (its own split counts) against fp64, the 2× naive fp32 rule.
+    LinearGemm gemm(64);
+    for (int i = 0; i < 2; ++i) d[i]->reset(p[i]);
+    gemm.run_pair({d0.a.as<float>(), d0.w.as<float>(), d0.c.as<float>(), p[0].m, p[0].n, p[0].k},
+                  {d1.a.as<float>(), d1.w.as<float>(), d1.c.as<float>(), p[1].m, p[1].n, p[1].k},
+                  nullptr);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    for (int i = 0; i < 2; ++i) check_accuracy(p[i], d[i]->download(p[i]), "pair");
   }
 }
 
