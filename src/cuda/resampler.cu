@@ -24,28 +24,18 @@ __device__ __forceinline__ void chain_start() {
   kernels::allow_next_grid();
 }
 
-// dst[r, :] = src[r % src_rows, :] for r < rows.
-__global__ void broadcast_rows_kernel(float* dst /*[rows, cols]*/,
-                                      const float* src /*[src_rows, cols]*/, int rows, int src_rows,
-                                      int cols) {
-  chain_start();
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= static_cast<std::int64_t>(rows) * cols) return;
-  const std::int64_t r = i / cols;
-  const std::int64_t c = i % cols;
-  dst[i] = src[(r % src_rows) * cols + c];
-}
-
-// One LayerNorm (eps 1e-5, biased variance, two-pass in fp32) over `rows` rows of `in`. Row r
-// goes to row (r / group) * out_group_stride + out_offset + r % group of out, and of out2 (row r)
-// when set.
+// One LayerNorm (eps 1e-5, biased variance, two-pass in fp32) over `rows` rows of `in` (row r
+// reads row r % in_rows when in_rows is set: the broadcast latents). Row r goes to row
+// (r / group) * out_group_stride + out_offset + r % group of out, and of out2 (row r) when set;
+// copy (row r), when set, receives the input row itself.
 struct NormJob {
-  const float* in = nullptr;  // [rows, cols]
+  const float* in = nullptr;  // [in_rows or rows, cols]
   const float* weight = nullptr;
   const float* bias = nullptr;
-  int rows = 0, group = 1, out_group_stride = 0, out_offset = 0;
+  int rows = 0, group = 1, out_group_stride = 0, out_offset = 0, in_rows = 0;
   float* out = nullptr;
   float* out2 = nullptr;  // [rows, cols] or null
+  float* copy = nullptr;  // [rows, cols] or null
 };
 
 // Blocks [0, first.rows) normalise rows of `first`, the following ones rows of `second` (two
@@ -63,7 +53,7 @@ __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
   const int group = job.group;
   float* out = job.out;
   float* out2 = job.out2;
-  const float* x = in + static_cast<std::int64_t>(r) * cols;
+  const float* x = in + static_cast<std::int64_t>(job.in_rows > 0 ? r % job.in_rows : r) * cols;
   auto block_sum = [&](float v) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
@@ -79,7 +69,10 @@ __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
     return result;
   };
   float sum = 0.0f;
-  for (int c = threadIdx.x; c < cols; c += kNormThreads) sum += x[c];
+  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
+    sum += x[c];
+    if (job.copy != nullptr) job.copy[static_cast<std::int64_t>(r) * cols + c] = x[c];
+  }
   const float mean = block_sum(sum) / static_cast<float>(cols);
   float sq = 0.0f;
   for (int c = threadIdx.x; c < cols; c += kNormThreads) {
@@ -96,56 +89,62 @@ __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
   }
 }
 
-// Perceiver attention of one (batch row, head): 16 queries over keys = T input tokens then the
-// 16 latents; one warp per query, two dims per lane; scores and softmax in fp32.
+constexpr int kAttnQueriesPerBlock = 4;  // one warp per query
+
+// Perceiver attention of (batch row, head, group of 4 queries) over keys = T input tokens then
+// the 16 latents, scores and softmax in fp32: lane j scores keys j and j + 32, then each lane
+// sums two dims of the output.
 __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
                                            const float* kv /*[B*(T+16), 2*inner]*/,
                                            float* out /*[B*16, inner]*/, int num_queries, int keys,
                                            int inner, float scale) {
   chain_start();
-  __shared__ float s_k[kMaxKeys][kAttnDimHead];
+  constexpr int kStride = kAttnDimHead + 1;  // lanes read different keys' rows: no bank conflicts
+  __shared__ float s_k[kMaxKeys * kStride];
   __shared__ float s_v[kMaxKeys][kAttnDimHead];
+  __shared__ float s_p[kAttnQueriesPerBlock][kMaxKeys];
   const int b = blockIdx.x;
   const int h = blockIdx.y;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  const int warps = blockDim.x / 32;
   for (int i = threadIdx.x; i < keys * kAttnDimHead; i += blockDim.x) {
     const int j = i / kAttnDimHead;
     const int d = i % kAttnDimHead;
     const float* row = kv + (static_cast<std::int64_t>(b) * keys + j) * 2 * inner;
-    s_k[j][d] = row[h * kAttnDimHead + d];
+    s_k[j * kStride + d] = row[h * kAttnDimHead + d];
     s_v[j][d] = row[inner + h * kAttnDimHead + d];
   }
   __syncthreads();
-  for (int qi = warp; qi < num_queries; qi += warps) {
-    const float* qrow =
-        q + (static_cast<std::int64_t>(b) * num_queries + qi) * inner + h * kAttnDimHead;
-    const float q0 = qrow[lane], q1 = qrow[lane + 32];
-    float scores[kMaxKeys];
-    float m = -INFINITY;
-    for (int j = 0; j < keys; ++j) {
-      float s = q0 * s_k[j][lane] + q1 * s_k[j][lane + 32];
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-      scores[j] = s * scale;
-      m = fmaxf(m, scores[j]);
-    }
-    float l = 0.0f, o0 = 0.0f, o1 = 0.0f;
-    for (int j = 0; j < keys; ++j) {
-      const float p = expf(scores[j] - m);
-      l += p;
-      o0 += p * s_v[j][lane];
-      o1 += p * s_v[j][lane + 32];
-    }
-    float* orow =
-        out + (static_cast<std::int64_t>(b) * num_queries + qi) * inner + h * kAttnDimHead;
-    orow[lane] = o0 / l;
-    orow[lane + 32] = o1 / l;
+  const int qi = blockIdx.z * kAttnQueriesPerBlock + warp;
+  if (qi >= num_queries) return;
+  const float* qrow =
+      q + (static_cast<std::int64_t>(b) * num_queries + qi) * inner + h * kAttnDimHead;
+  const int j0 = lane, j1 = lane + 32;
+  float s0 = 0.0f, s1 = 0.0f;
+  for (int d = 0; d < kAttnDimHead; ++d) {
+    const float qd = qrow[d];
+    if (j0 < keys) s0 = fmaf(qd, s_k[j0 * kStride + d], s0);
+    if (j1 < keys) s1 = fmaf(qd, s_k[j1 * kStride + d], s1);
   }
-}
-
-unsigned blocks_for(std::int64_t n, int threads) {
-  return static_cast<unsigned>((n + threads - 1) / threads);
+  s0 = j0 < keys ? s0 * scale : -INFINITY;
+  s1 = j1 < keys ? s1 * scale : -INFINITY;
+  float m = fmaxf(s0, s1);
+  for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  const float e0 = j0 < keys ? expf(s0 - m) : 0.0f;
+  const float e1 = j1 < keys ? expf(s1 - m) : 0.0f;
+  float l = e0 + e1;
+  for (int o = 16; o > 0; o /= 2) l += __shfl_xor_sync(0xffffffffu, l, o);
+  if (j0 < keys) s_p[warp][j0] = e0;
+  if (j1 < keys) s_p[warp][j1] = e1;
+  __syncwarp();
+  float o0 = 0.0f, o1 = 0.0f;
+  for (int j = 0; j < keys; ++j) {
+    o0 = fmaf(s_p[warp][j], s_v[j][lane], o0);
+    o1 = fmaf(s_p[warp][j], s_v[j][lane + 32], o1);
+  }
+  float* orow = out + (static_cast<std::int64_t>(b) * num_queries + qi) * inner + h * kAttnDimHead;
+  orow[lane] = o0 / l;
+  orow[lane + 32] = o1 / l;
 }
 
 // Launches kernel, as a programmatic dependent launch when `programmatic`.
@@ -304,26 +303,30 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
   const int dim = layout_.dim, inner = layout_.heads * layout_.dim_head;
   const int ff = layout_.dim * layout_.ff_mult, nq = layout_.num_queries;
   const int rows = batch * nq, x_rows = batch * tokens, keys = tokens + nq;
-  constexpr int kThreads = 256;
 
   gemm(x, proj_in_w_, proj_in_b_, x_proj_, x_rows, dim, layout_.embed_dim, 0.0f, false, stream);
   const bool pdl = programmatic_;
-  launch(pdl, broadcast_rows_kernel,
-         dim3(blocks_for(static_cast<std::int64_t>(rows) * dim, kThreads)), dim3(kThreads), stream,
-         latents_buf_, latents_, rows, nq, dim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(layout_.dim_head));
-  for (const Layer& l : layers_) {
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& l = layers_[i];
     // kv_in per batch row: the T normalised inputs, then the 16 normalised latents (also in ln_).
-    launch_layer_norm(
-        pdl, norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
-        norm_job(latents_buf_, l.norm2_w, l.norm2_b, rows, kv_in_, nq, keys, tokens, ln_), dim,
-        stream);
+    // Layer 0 reads the learned latents broadcast over the batch and copies them to latents_buf_.
+    NormJob latents = norm_job(i == 0 ? latents_ : latents_buf_, l.norm2_w, l.norm2_b, rows,
+                               kv_in_, nq, keys, tokens, ln_);
+    if (i == 0) {
+      latents.in_rows = nq;
+      latents.copy = latents_buf_;
+    }
+    launch_layer_norm(pdl,
+                      norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
+                      latents, dim, stream);
     // to_q and to_kv read different inputs but nothing of each other: one launch.
     gemm_->run_pair({ln_, l.to_q, q_, rows, inner, dim},
                     {kv_in_, l.to_kv, kv_, batch * keys, 2 * inner, dim}, stream);
-    launch(pdl, perceiver_attention_kernel, dim3(batch, layout_.heads), dim3(256), stream,
-           static_cast<const float*>(q_), static_cast<const float*>(kv_), attn_, nq, keys, inner,
-           scale);
+    launch(pdl, perceiver_attention_kernel,
+           dim3(batch, layout_.heads, (nq + kAttnQueriesPerBlock - 1) / kAttnQueriesPerBlock),
+           dim3(32 * kAttnQueriesPerBlock), stream, static_cast<const float*>(q_),
+           static_cast<const float*>(kv_), attn_, nq, keys, inner, scale);
     gemm(attn_, l.to_out, nullptr, latents_buf_, rows, dim, inner, 1.0f, false, stream);
     launch_layer_norm(pdl, norm_job(latents_buf_, l.ff_norm_w, l.ff_norm_b, rows, ln_), NormJob{},
                       dim, stream);

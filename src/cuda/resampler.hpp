@@ -1,7 +1,7 @@
 #pragma once
 // The Resampler (spec §3) on the GPU: float32 GEMMs (the skinny weight-streaming kernel of
 // skinny_gemm.hpp, bias and GELU fused; cuBLAS SGEMM without TF32 for larger batches) plus small
-// kernels (LayerNorm, latent broadcast, perceiver attention). All weights are uploaded once by the
+// kernels (LayerNorm, perceiver attention). All weights are uploaded once by the
 // constructor; run() only enqueues work and is CUDA-graph capturable.
 
 #include <cuda_runtime_api.h>
