@@ -236,25 +236,36 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   __syncthreads();
   if (s_last == 0u) return;
   __threadfence();
-  // Each thread owns up to kVec float4 of the [M, 64] tile and loads them for one split at a
-  // time (kVec independent loads in flight, splits unrolled by 4).
+  // Each thread owns up to kVec float4 of the [M, 64] tile. The partials of kSplitBatch splits
+  // are loaded before any is added (about 16 loads in flight: one L2 round trip per batch, not
+  // per split), then added in split order; splits past the last add 0.
   constexpr int kVec = (kMPad * kTileN / 4 + kThreads - 1) / kThreads;
+  constexpr int kSplitBatch = kVec >= 16 ? 1 : 16 / kVec;
   const int count4 = p.m * kTileN / 4;
   const float4* parts4 = reinterpret_cast<const float4*>(tile_partials);
   float4 sum[kVec];
 #pragma unroll
   for (int q = 0; q < kVec; ++q) sum[q] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-  for (int s = 0; s < p.splits; ++s) {
+  for (int s0 = 0; s0 < p.splits; s0 += kSplitBatch) {
+    float4 x[kSplitBatch][kVec];
 #pragma unroll
-    for (int q = 0; q < kVec; ++q) {
-      const int e4 = tid + q * kThreads;
-      if (e4 < count4) {
-        const float4 x = __ldcg(parts4 + static_cast<std::int64_t>(s) * count4 + e4);
-        sum[q].x += x.x;
-        sum[q].y += x.y;
-        sum[q].z += x.z;
-        sum[q].w += x.w;
+    for (int b = 0; b < kSplitBatch; ++b) {
+#pragma unroll
+      for (int q = 0; q < kVec; ++q) {
+        const int e4 = tid + q * kThreads;
+        x[b][q] = s0 + b < p.splits && e4 < count4
+                      ? __ldcg(parts4 + static_cast<std::int64_t>(s0 + b) * count4 + e4)
+                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kSplitBatch; ++b) {
+#pragma unroll
+      for (int q = 0; q < kVec; ++q) {
+        sum[q].x += x[b][q].x;
+        sum[q].y += x[b][q].y;
+        sum[q].z += x[b][q].z;
+        sum[q].w += x[b][q].w;
       }
     }
   }
