@@ -13,6 +13,7 @@ namespace instantid::cuda {
 namespace {
 
 constexpr int kNormThreads = 256;
+constexpr int kNormPerThread = 8;  // columns a thread holds per chunk (2048 per chunk)
 constexpr int kMaxKeys = 64;  // perceiver keys per batch row held in shared memory (T + 16)
 constexpr int kAttnDimHead = 64;
 
@@ -68,24 +69,62 @@ __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
     __syncthreads();
     return result;
   };
+  // Columns go through registers kNormPerThread at a time: every load of a chunk is issued before
+  // any store (the stores may alias the inputs as far as the compiler knows), so a chunk costs one
+  // memory round trip. Each thread still adds its columns in increasing order.
+  constexpr int kChunk = kNormThreads * kNormPerThread;
+  const int tid = static_cast<int>(threadIdx.x);
   float sum = 0.0f;
-  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
-    sum += x[c];
-    if (job.copy != nullptr) job.copy[static_cast<std::int64_t>(r) * cols + c] = x[c];
+  for (int c0 = 0; c0 < cols; c0 += kChunk) {
+    float v[kNormPerThread];
+#pragma unroll
+    for (int k = 0; k < kNormPerThread; ++k) {
+      const int c = c0 + tid + k * kNormThreads;
+      v[k] = c < cols ? x[c] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < kNormPerThread; ++k) {
+      const int c = c0 + tid + k * kNormThreads;
+      if (c >= cols) continue;
+      sum += v[k];
+      if (job.copy != nullptr) job.copy[static_cast<std::int64_t>(r) * cols + c] = v[k];
+    }
   }
   const float mean = block_sum(sum) / static_cast<float>(cols);
   float sq = 0.0f;
-  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
-    const float d = x[c] - mean;
-    sq += d * d;
+  for (int c0 = 0; c0 < cols; c0 += kChunk) {
+    float v[kNormPerThread];
+#pragma unroll
+    for (int k = 0; k < kNormPerThread; ++k) {
+      const int c = c0 + tid + k * kNormThreads;
+      v[k] = c < cols ? x[c] - mean : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < kNormPerThread; ++k) {
+      if (c0 + tid + k * kNormThreads < cols) sq += v[k] * v[k];
+    }
   }
   const float inv = rsqrtf(block_sum(sq) / static_cast<float>(cols) + 1e-5f);
   const std::int64_t out_row =
       static_cast<std::int64_t>(r / group) * job.out_group_stride + job.out_offset + r % group;
-  for (int c = threadIdx.x; c < cols; c += kNormThreads) {
-    const float y = (x[c] - mean) * inv * weight[c] + bias[c];
-    out[out_row * cols + c] = y;
-    if (out2 != nullptr) out2[static_cast<std::int64_t>(r) * cols + c] = y;
+  for (int c0 = 0; c0 < cols; c0 += kChunk) {
+    float v[kNormPerThread], w[kNormPerThread], b[kNormPerThread];
+#pragma unroll
+    for (int k = 0; k < kNormPerThread; ++k) {
+      const int c = c0 + tid + k * kNormThreads;
+      const bool in_row = c < cols;
+      v[k] = in_row ? x[c] : 0.0f;
+      w[k] = in_row ? weight[c] : 0.0f;
+      b[k] = in_row ? bias[c] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < kNormPerThread; ++k) {
+      const int c = c0 + tid + k * kNormThreads;
+      if (c >= cols) continue;
+      const float y = (v[k] - mean) * inv * w[k] + b[k];
+      out[out_row * cols + c] = y;
+      if (out2 != nullptr) out2[static_cast<std::int64_t>(r) * cols + c] = y;
+    }
   }
 }
 
