@@ -4,9 +4,10 @@
 // in the same run; µs-scale work is timed as CUDA graphs; every layer reads its own buffers (the
 // step moves ~0.85 GB, far beyond L2) and per-layer rows rotate over 8 buffer sets.
 //
-//   bench_cuda [--reps N] [--tune] [--profile] [--resampler]   (--tune: also compare the resident
-//   and persistent tiles; --profile: only one launch of each variant per layer shape, for Nsight
-//   Compute; --resampler: only the copy ceiling and the Resampler rows)
+//   bench_cuda [--reps N] [--tune] [--profile] [--resampler] [--resampler-ctas N]   (--tune: also
+//   compare the resident and persistent tiles; --profile: only one launch of each variant per
+//   layer shape, for Nsight Compute; --resampler: only the copy ceiling and the Resampler rows;
+//   --resampler-ctas: the skinny GEMMs' CTA target per SM, GpuResamplerOptions::ctas_per_sm)
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -39,6 +40,7 @@ namespace kernels = instantid::kernels;
 
 int g_reps = 30;
 bool g_tune = false;
+int g_resampler_ctas_per_sm = 0;  // --resampler-ctas N: skinny GEMM CTA target (0: default)
 std::string g_card;
 
 __global__ void fill_kernel(__half* x, std::int64_t n, std::uint32_t seed) {
@@ -456,6 +458,7 @@ void bench_resampler(cudaStream_t stream) {
   for (const auto& kv : w.tensors()) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
   for (bool cublas : {false, true}) {
     instantid::cuda::GpuResamplerOptions options;
+    if (g_resampler_ctas_per_sm > 0) options.ctas_per_sm = g_resampler_ctas_per_sm;
     if (cublas) {
       options.gemm_path = instantid::cuda::GemmPath::kCublas;
       options.programmatic = false;
@@ -546,6 +549,9 @@ void run_profile(cudaStream_t stream) {
 int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0) g_reps = std::max(3, std::atoi(argv[i + 1]));
+    if (std::strcmp(argv[i], "--resampler-ctas") == 0) {
+      g_resampler_ctas_per_sm = std::max(1, std::atoi(argv[i + 1]));
+    }
   }
   bool profile = false, resampler_only = false;
   for (int i = 1; i < argc; ++i) {
