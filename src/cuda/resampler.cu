@@ -14,7 +14,7 @@ namespace {
 
 constexpr int kNormThreads = 256;
 constexpr int kNormPerThread = 8;  // columns a thread holds per chunk (2048 per chunk)
-constexpr int kMaxKeys = 64;  // perceiver keys per batch row held in shared memory (T + 16)
+constexpr int kMaxKeys = 64;       // perceiver keys per batch row held in shared memory (T + 16)
 constexpr int kAttnDimHead = 64;
 
 // Programmatic dependent launch (sm_90+): every kernel of run() lets the next one start early
@@ -350,14 +350,13 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
     const Layer& l = layers_[i];
     // kv_in per batch row: the T normalised inputs, then the 16 normalised latents (also in ln_).
     // Layer 0 reads the learned latents broadcast over the batch and copies them to latents_buf_.
-    NormJob latents = norm_job(i == 0 ? latents_ : latents_buf_, l.norm2_w, l.norm2_b, rows,
-                               kv_in_, nq, keys, tokens, ln_);
+    NormJob latents = norm_job(i == 0 ? latents_ : latents_buf_, l.norm2_w, l.norm2_b, rows, kv_in_,
+                               nq, keys, tokens, ln_);
     if (i == 0) {
       latents.in_rows = nq;
       latents.copy = latents_buf_;
     }
-    launch_layer_norm(pdl,
-                      norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
+    launch_layer_norm(pdl, norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
                       latents, dim, stream);
     // to_q and to_kv read different inputs but nothing of each other: one launch.
     gemm_->run_pair({ln_, l.to_q, q_, rows, inner, dim},

@@ -47,7 +47,7 @@ struct SkinnyGemmParams {
 // True when the skinny kernel can run this problem (sizes and 16-byte alignment as above).
 bool skinny_gemm_supported(int m, int n, int k, const float* a, const float* w) noexcept;
 
-// The split count LinearGemm uses: enough CTAs for ctas_per_sm per SM, each at least two k tiles.
+// The split count LinearGemm uses: enough CTAs for ctas_per_sm per SM, each at least four k tiles.
 int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm = kSkinnyGemmCtasPerSm) noexcept;
 
 // Scratch of a split-K launch (unused when splits == 1): one ticket per 64-column output tile,

@@ -170,8 +170,8 @@ void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens
   }
   std::printf(
       "resampler %s%s dim %d D_out %d batch %d tokens %d: max|err| vs fp64 %.3e (|ref| <= %.2f)\n",
-      cublas ? "cuBLAS" : "skinny", gpu.programmatic_launch() ? " PDL" : "",
-      layout.dim, d_out, batch, tokens, err, ref_max);
+      cublas ? "cuBLAS" : "skinny", gpu.programmatic_launch() ? " PDL" : "", layout.dim, d_out,
+      batch, tokens, err, ref_max);
   CHECK(ref_max > 0.5);
   CHECK(err < 2e-4 * std::max(1.0, ref_max));
 

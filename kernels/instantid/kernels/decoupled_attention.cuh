@@ -498,8 +498,8 @@ __global__ void __launch_bounds__(AttentionTile<kHeadDim>::kThreads,
     const T* sk = s_k[stage];
     const T* sv = s_v[stage];
 
-    attention_detail::online_softmax_step<T, kHeadDim, kKeyBlocks>(o_acc, m_run, l_run, q_frag, sk, sv,
-                                                                  0, valid);
+    attention_detail::online_softmax_step<T, kHeadDim, kKeyBlocks>(o_acc, m_run, l_run, q_frag, sk,
+                                                                   sv, 0, valid);
     if (++tile == ph.tiles) {
       // Phase done: fold s · M / l · O into the output.
       attention_detail::fold_phase<kHeadDim>(out_acc, o_acc, l_run, ph.scale, ph.mask, ph.mask_rows,
@@ -1008,8 +1008,8 @@ __global__ void __launch_bounds__(32 * kWarpsT, kSmWarps / kWarpsT)
         for (int c0 = 0; c0 < phase.count; c0 += kChunkKeys) {
           const int valid = min(kChunkKeys, phase.count - c0);
           const int base = phase.start + c0;
-          attention_detail::online_softmax_step<T, kHeadDim, kKeyBlocks>(o_acc, m_run, l_run, q_frag,
-                                                                        s_k, s_v, base, valid);
+          attention_detail::online_softmax_step<T, kHeadDim, kKeyBlocks>(
+              o_acc, m_run, l_run, q_frag, s_k, s_v, base, valid);
         }
         attention_detail::fold_phase<kHeadDim>(out_acc, o_acc, l_run, phase.scale, phase.mask,
                                                phase.mask_rows, b % p.images_per_chunk,
