@@ -476,6 +476,20 @@ bool LinearGemm::uses_skinny(int rows, int out, int in, const float* a,
          skinny_gemm_supported(rows, out, in, a, w);
 }
 
+SkinnyGemmParams LinearGemm::skinny_params(const Product& x, int splits) const noexcept {
+  SkinnyGemmParams p;
+  p.a = x.a;
+  p.w = x.w;
+  p.c = x.c;
+  p.m = x.rows;
+  p.n = x.out;
+  p.k = x.in;
+  p.splits = splits;
+  p.programmatic = programmatic_;
+  p.lane_rows = lane_rows_;
+  return p;
+}
+
 void LinearGemm::run(const float* a, const float* w, const float* bias, float* c, int rows, int out,
                      int in, float beta, bool gelu, cudaStream_t stream) {
   INSTANTID_CHECK(rows >= 1 && out >= 1 && in >= 1, "LinearGemm::run: shape: got [", rows, ", ", in,
@@ -485,19 +499,11 @@ void LinearGemm::run(const float* a, const float* w, const float* bias, float* c
   INSTANTID_CHECK(!gelu || beta == 0.0f, "LinearGemm::run: beta with gelu: got ", beta,
                   ", expected 0 (GELU output cannot accumulate into C)");
   if (uses_skinny(rows, out, in, a, w)) {
-    SkinnyGemmParams p;
-    p.a = a;
-    p.w = w;
+    SkinnyGemmParams p = skinny_params({a, w, c, rows, out, in},
+                                       skinny_gemm_splits(out, in, sm_count_, ctas_per_sm_));
     p.bias = bias;
-    p.c = c;
-    p.m = rows;
-    p.n = out;
-    p.k = in;
     p.beta = beta;
     p.gelu = gelu;
-    p.splits = skinny_gemm_splits(out, in, sm_count_, ctas_per_sm_);
-    p.programmatic = programmatic_;
-    p.lane_rows = lane_rows_;
     check_cuda(skinny_gemm(p, workspace_, stream), "LinearGemm: skinny_gemm");
     return;
   }
@@ -529,21 +535,10 @@ void LinearGemm::run_pair(const Product& first, const Product& second, cudaStrea
   const int target = std::max(1, sm_count_) * ctas_per_sm_;
   const int target0 = std::max(1, static_cast<int>(target * w0 / (w0 + w1) + 0.5));
   const int target1 = std::max(1, target - target0);
-  SkinnyGemmParams p[2];
-  const Product* products[2] = {&first, &second};
-  for (int i = 0; i < 2; ++i) {
-    const Product& x = *products[i];
-    p[i].a = x.a;
-    p[i].w = x.w;
-    p[i].c = x.c;
-    p[i].m = x.rows;
-    p[i].n = x.out;
-    p[i].k = x.in;
-    p[i].splits = splits_for_target(x.out, x.in, i == 0 ? target0 : target1);
-    p[i].programmatic = programmatic_;
-    p[i].lane_rows = lane_rows_;
-  }
-  check_cuda(skinny_gemm_pair(p[0], p[1], workspace_, stream), "LinearGemm: skinny_gemm_pair");
+  const SkinnyGemmParams p0 = skinny_params(first, splits_for_target(first.out, first.in, target0));
+  const SkinnyGemmParams p1 =
+      skinny_params(second, splits_for_target(second.out, second.in, target1));
+  check_cuda(skinny_gemm_pair(p0, p1, workspace_, stream), "LinearGemm: skinny_gemm_pair");
 }
 
 }  // namespace instantid::cuda

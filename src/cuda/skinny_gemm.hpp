@@ -118,6 +118,9 @@ class LinearGemm {
   }
 
  private:
+  // C = A·Wᵀ of x on the skinny kernel with this GEMM's launch settings (no bias, GELU or beta).
+  SkinnyGemmParams skinny_params(const Product& x, int splits) const noexcept;
+
   GemmPath path_;
   int max_rows_ = 0;
   int sm_count_ = 0;
