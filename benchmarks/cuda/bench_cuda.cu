@@ -289,13 +289,16 @@ void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double byt
   cudaGraphExecDestroy(exec);
 }
 
-// Persistent-variant tiles (warps per CTA × q tiles in flight per warp × CTAs per SM).
+// Persistent-variant tiles (warps per CTA × q tiles in flight per warp × CTAs per SM; kWarpGroup:
+// wgmma on 64-row warpgroup tiles, sm_90a only, skipped elsewhere).
 // kProbe 1: memory pattern only (q read, out written, no math); 2: math only. early: launch
 // each layer before the previous one has finished (programmatic dependent launch, sm_90+).
-template <int kWarps, int kStages, int kCtasPerSm, int kMmaTiles, int kProbe = 0>
+template <int kWarps, int kStages, int kCtasPerSm, int kMmaTiles, int kProbe = 0,
+          bool kWarpGroup = false>
 void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, double bytes,
                      bool early = true) {
-  using Tile = kernels::PersistentTile<64, kWarps, kStages, kCtasPerSm, kMmaTiles>;
+  using Tile = kernels::PersistentTile<64, kWarps, kStages, kCtasPerSm, kMmaTiles, kWarpGroup>;
+  if (kWarpGroup && !kernels::warpgroup_attention_available()) return;
   cudaGraphExec_t exec = capture(stream, [&] {
     for (const Layer& l : layers) {
       check_cuda(
@@ -309,9 +312,9 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
                 ", \"warps\": %d, \"stages\": %d, \"ctas_per_sm\": %d, \"rows_per_warp\": %d, "
                 "\"early_launch\": %s",
                 kWarps, kStages, kCtasPerSm, 16 * kMmaTiles, early ? "true" : "false");
-  row("tune_sdxl_step_fused_persistent_w" + std::to_string(kWarps) + "_s" +
-          std::to_string(kStages) + "_c" + std::to_string(kCtasPerSm) + "_r" +
-          std::to_string(16 * kMmaTiles) +
+  row(std::string("tune_sdxl_step_fused_persistent") + (kWarpGroup ? "_wgmma" : "") + "_w" +
+          std::to_string(kWarps) + "_s" + std::to_string(kStages) + "_c" +
+          std::to_string(kCtasPerSm) + "_r" + std::to_string(16 * kMmaTiles) +
           (kProbe == 1   ? "_probe_memory_only"
            : kProbe == 2 ? "_probe_math_only"
            : kProbe == 3 ? "_probe_prologue_only"
@@ -327,8 +330,9 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
 // released → last warp exited), the boundary (last exit of the previous layer → first wait
 // released), and per warp the prologue (K/V barrier), math, and store/drain phases. Runs last:
 // it overwrites the first rows of every q.
+template <typename Tile>
 void bench_timeline(const std::vector<Layer>& layers, cudaStream_t stream) {
-  using Tile = kernels::DefaultPersistentTile;
+  if (Tile::kWarpGroup && !kernels::warpgroup_attention_available()) return;
   cudaGraphExec_t exec = capture(stream, [&] {
     for (const Layer& l : layers) {
       check_cuda(kernels::launch_persistent_attention<__half, Tile, 4>(l.params, stream),
@@ -352,7 +356,7 @@ void bench_timeline(const std::vector<Layer>& layers, cudaStream_t stream) {
   double previous_end = 0;
   for (std::size_t li = 0; li < layers.size(); ++li) {
     const Layer& l = layers[li];
-    const int tiles_per_pair = (l.n + Tile::kRows - 1) / Tile::kRows;
+    const int tiles_per_pair = (l.n + Tile::kTileRows - 1) / Tile::kTileRows;
     const long long total = 2LL * (l.c / 64) * tiles_per_pair;
     const long long per_cta = std::min<long long>((total + sms - 1) / sms, tiles_per_pair);
     const long long grid = (total + per_cta - 1) / per_cta;
@@ -383,13 +387,13 @@ void bench_timeline(const std::vector<Layer>& layers, cudaStream_t stream) {
   }
   for (const auto& [width, t] : by_width) {
     std::printf(
-        "{\"bench\": \"timeline_persistent_%s\", \"card\": \"%s\", \"layers\": %zu, "
+        "{\"bench\": \"timeline_persistent%s_%s\", \"card\": \"%s\", \"layers\": %zu, "
         "\"span_us\": %.2f, \"boundary_us\": %.2f, \"warp_prologue_us\": %.2f, "
         "\"warp_math_us\": %.2f, \"warp_store_drain_us\": %.2f, \"exit_spread_us\": %.2f, "
         "\"note\": \"medians over layers; span = first wait released to last exit; boundary = "
         "previous layer's last exit to this layer's first wait released\"}\n",
-        width == 640 ? "4096x640" : "1024x1280", g_card.c_str(), t.span.size(),
-        median(t.span) * 1e-3, median(t.boundary) * 1e-3, median(t.prologue) * 1e-3,
+        Tile::kWarpGroup ? "_wgmma" : "", width == 640 ? "4096x640" : "1024x1280", g_card.c_str(),
+        t.span.size(), median(t.span) * 1e-3, median(t.boundary) * 1e-3, median(t.prologue) * 1e-3,
         median(t.math) * 1e-3, median(t.drain) * 1e-3, median(t.end_spread) * 1e-3);
   }
   cudaGraphExecDestroy(exec);
@@ -403,17 +407,27 @@ void bench_tune(cudaStream_t stream) {
   check_cuda(cudaDeviceSynchronize(), "fill");
   double bytes = 0;
   for (const Layer& l : layers) bytes += l.bytes(true);
-  tune_step<4, 1, true, 20>(layers, stream, bytes);     // the resident variant's default
-  tune_persistent<12, 2, 1, 1>(layers, stream, bytes);  // the default
-  tune_persistent<12, 2, 1, 1>(layers, stream, bytes, false);
-  tune_persistent<16, 2, 1, 1>(layers, stream, bytes);
-  tune_persistent<8, 2, 1, 1>(layers, stream, bytes);
-  tune_persistent<12, 2, 1, 2>(layers, stream, bytes);
-  tune_persistent<8, 2, 2, 1>(layers, stream, bytes);
-  tune_persistent<12, 2, 1, 1, 1>(layers, stream, bytes);
-  tune_persistent<12, 2, 1, 1, 2>(layers, stream, bytes);
-  tune_persistent<12, 2, 1, 1, 3>(layers, stream, bytes);
-  bench_timeline(layers, stream);
+  tune_step<4, 1, true, 20>(layers, stream, bytes);  // the resident variant's default
+  // mma.sync tiles: the default (one q tile in flight per warp), then alternatives
+  tune_persistent<12, 1, 1, 1>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 1>(layers, stream, bytes, false);
+  tune_persistent<12, 2, 1, 1>(layers, stream, bytes);
+  tune_persistent<16, 1, 1, 1>(layers, stream, bytes);
+  tune_persistent<8, 1, 1, 1>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 2>(layers, stream, bytes);
+  tune_persistent<8, 1, 2, 1>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 1, 1>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 1, 2>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 1, 3>(layers, stream, bytes);
+  // wgmma tiles (sm_90a)
+  tune_persistent<12, 1, 1, 1, 0, true>(layers, stream, bytes);
+  tune_persistent<12, 2, 1, 1, 0, true>(layers, stream, bytes);
+  tune_persistent<8, 1, 1, 1, 0, true>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 1, 1, true>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 1, 2, true>(layers, stream, bytes);
+  tune_persistent<12, 1, 1, 1, 3, true>(layers, stream, bytes);
+  bench_timeline<kernels::DefaultPersistentTile>(layers, stream);
+  bench_timeline<kernels::WarpGroupPersistentTile>(layers, stream);
 }
 
 void bench_layers(cudaStream_t stream) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "instantid/kernels/decoupled_attention.hpp"
+#include "instantid/kernels/warpgroup_mma.cuh"
 
 namespace instantid::kernels {
 
@@ -19,7 +20,8 @@ cudaError_t check_decoupled_attention(const DecoupledAttentionParams& p) noexcep
     return cudaErrorInvalidValue;
   if (p.images_per_chunk < 1 || p.num_identities < 0 || p.num_identities > kMaxIdentities)
     return cudaErrorInvalidValue;
-  if ((p.batch - 1) / p.images_per_chunk >= 64 && p.uncond_chunks != 0) return cudaErrorInvalidValue;
+  if ((p.batch - 1) / p.images_per_chunk >= 64 && p.uncond_chunks != 0)
+    return cudaErrorInvalidValue;
   if (!aligned16(p.q) || !aligned16(p.out) || p.q == nullptr || p.out == nullptr)
     return cudaErrorInvalidValue;
   if (!stride_ok(p.q_batch_stride) || !stride_ok(p.q_row_stride) ||
@@ -43,6 +45,8 @@ cudaError_t check_decoupled_attention(const DecoupledAttentionParams& p) noexcep
   }
   return cudaSuccess;
 }
+
+bool warpgroup_attention_available() noexcept { return warpgroup_mma_compiled(); }
 
 cudaError_t decoupled_attention(AttentionDType dtype, int head_dim,
                                 const DecoupledAttentionParams& params,

@@ -3,13 +3,13 @@
 // low precision (attention_problem.hpp). Plus poisoned outputs, strided views, the "add ip only"
 // mode, argument checks and a 70-layer step under CUDA-graph capture.
 
-#include <catch2/catch.hpp>
-
 #include <cuda_runtime_api.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <vector>
 
 #include "attention_problem.hpp"
 
@@ -30,7 +30,8 @@ std::string describe(const AttentionCase& c) {
   s << instantid::dtype_name(c.dtype) << " d" << c.head_dim << " B" << c.batch << " N" << c.queries
     << " L" << c.text_len << " H" << c.heads << " P" << c.images_per_chunk << " ids "
     << c.identities.size() << (c.include_text ? "" : " add-ip-only") << " pad " << c.row_pad;
-  for (const IdentityCase& i : c.identities) s << " [T" << i.tokens << " s" << i.scale << " M" << i.mask_rows << "]";
+  for (const IdentityCase& i : c.identities)
+    s << " [T" << i.tokens << " s" << i.scale << " M" << i.mask_rows << "]";
   return s.str();
 }
 
@@ -170,6 +171,8 @@ TEST_CASE("decoupled attention: persistent and resident variants on their own, c
   using kernels::AttentionVariant;
   const bool persistent = persistent_available();
   if (!persistent) WARN("device shared memory < 200 KB per CTA: persistent-variant checks skipped");
+  const bool warpgroup = persistent && kernels::warpgroup_attention_available();
+  if (!warpgroup) WARN("no sm_90a code for this device: warpgroup-MMA variant checks skipped");
   struct Shape {
     int batch, queries, heads;
   };
@@ -191,6 +194,7 @@ TEST_CASE("decoupled attention: persistent and resident variants on their own, c
       check_case(c, true, AttentionVariant::kResident);
       for (int max_ctas : {0, 1, 5, 7}) {
         if (persistent) check_case(c, true, AttentionVariant::kPersistent, max_ctas);
+        if (warpgroup) check_case(c, true, AttentionVariant::kPersistentWarpGroup, max_ctas);
       }
     }
   }
@@ -204,10 +208,31 @@ TEST_CASE("decoupled attention: persistent and resident variants on their own, c
   c.identities = {IdentityCase{80, 0.9f, 1}, IdentityCase{16, -0.4f, 0}};
   c.include_text = false;
   c.seed = 77;
-  for (int max_ctas : {0, 3}) check_case(c, true, AttentionVariant::kPersistent, max_ctas);
+  const std::vector<AttentionVariant> variants =
+      warpgroup ? std::vector<AttentionVariant>{AttentionVariant::kPersistent,
+                                                AttentionVariant::kPersistentWarpGroup}
+                : std::vector<AttentionVariant>{AttentionVariant::kPersistent};
+  for (AttentionVariant v : variants) {
+    for (int max_ctas : {0, 3}) check_case(c, true, v, max_ctas);
+  }
   c.include_text = true;
   c.row_pad = 24;
-  for (int max_ctas : {0, 3}) check_case(c, true, AttentionVariant::kPersistent, max_ctas);
+  for (AttentionVariant v : variants) {
+    for (int max_ctas : {0, 3}) check_case(c, true, v, max_ctas);
+  }
+  // Text lengths of every key-block count (1 .. 5 blocks of 16), each with a partial last block.
+  for (int text_len : {7, 20, 40, 64, 77}) {
+    AttentionCase t;
+    t.batch = 2;
+    t.queries = 300;
+    t.heads = 2;
+    t.text_len = text_len;
+    t.uncond_chunks = 0b10;
+    t.images_per_chunk = 1;
+    t.identities = {IdentityCase{16, 0.7f, 1}};
+    t.seed = static_cast<std::uint32_t>(900 + text_len);
+    for (AttentionVariant v : variants) check_case(t, true, v, 0);
+  }
 }
 
 TEST_CASE("decoupled attention: the persistent variant refuses what it does not cover",

@@ -20,6 +20,7 @@
 
 #include "instantid/kernels/async_pipeline.cuh"
 #include "instantid/kernels/decoupled_attention.hpp"
+#include "instantid/kernels/warpgroup_mma.cuh"
 
 namespace instantid::kernels {
 
@@ -813,6 +814,178 @@ __device__ __forceinline__ void folded_phase(float (&out_acc)[kMT][kHeadDim / 8]
   accumulate_pv<T, kHeadDim, kMT, kBlocks, false>(out_acc, unused, a, vb0, v_off);
 }
 
+// ---- Warpgroup phases (sm_90a wgmma; the persistent variant's warpgroup tiles, d = 64) -------
+// K and V stay in shared memory in the layout the CTA loads them in: rows of 128 bytes whose
+// 16-byte chunks are XOR-swizzled by the row mod 8, from a 1024-byte aligned base, which is
+// wgmma's 128-byte swizzle. K is the K-major B of q·Kᵀ (a 32-byte step per 16 dims), V the N-major
+// B of P·V (16 keys = 2048 bytes per step). For N = 64 (one swizzle atom wide) only the 8-row
+// group stride (1024 bytes) matters; it is given as both offsets since the PTX ISA and CUTLASS
+// name the two differently for N-major layouts.
+__device__ __forceinline__ std::uint64_t key_descriptor(std::uint32_t addr) {
+  return wgmma_descriptor(addr, 1024, 1024, 1);
+}
+__device__ __forceinline__ std::uint64_t value_descriptor(std::uint32_t addr) {
+  return wgmma_descriptor(addr, 1024, 1024, 1);
+}
+
+template <int kN>
+__device__ __forceinline__ float (&flat(float (&x)[kN][4]))[4 * kN] {
+  return reinterpret_cast<float(&)[4 * kN]>(x);
+}
+
+// Issues s = q·Kᵀ of the warpgroup's 64 rows (this warp's 16 in s, as phase_scores lays them
+// out) against kBlocks blocks of 16 keys at kb0; the caller fences, commits and waits.
+template <typename T, int kBlocks>
+__device__ __forceinline__ void issue_warpgroup_scores(float (&s)[1][2 * kBlocks][4],
+                                                       const std::uint32_t (&q_frag)[1][4][4],
+                                                       std::uint32_t kb0) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    WarpgroupMma<T, 16 * kBlocks>::template run<0>(flat(s[0]), q_frag[0][kk],
+                                                   key_descriptor(kb0 + kk * 32), kk);
+  }
+}
+
+// Keys at or past `valid` (only in the last block) to -inf.
+template <int kBlocks>
+__device__ __forceinline__ void mask_warpgroup_scores(float (&s)[1][2 * kBlocks][4], int valid) {
+  if (kBlocks * 16 > valid) {
+    const int my_col = (threadIdx.x % 4) * 2;
+#pragma unroll
+    for (int j = 2 * kBlocks - 2; j < 2 * kBlocks; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (j * 8 + my_col + (e & 1) >= valid) s[0][j][e] = -INFINITY;
+      }
+    }
+  }
+}
+
+// Scores of one phase: issue, wait, mask.
+template <typename T, int kBlocks>
+__device__ __forceinline__ void warpgroup_scores(float (&s)[1][2 * kBlocks][4],
+                                                 const std::uint32_t (&q_frag)[1][4][4],
+                                                 std::uint32_t kb0, int valid) {
+  wgmma_fence();
+  issue_warpgroup_scores<T, kBlocks>(s, q_frag, kb0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operand(flat(s[0]));
+  mask_warpgroup_scores<kBlocks>(s, valid);
+}
+
+// out_acc (+)= P·V over kBlocks blocks of 16 keys (accumulate 0 overwrites); with kRowSums also
+// l += Σ P of the rounded P (one m64n8 MMA per block against the ones at ones_addr). l is
+// accumulated, never overwritten: an overwritten accumulator may share registers with a dying A
+// fragment, which makes ptxas serialise every wgmma of the kernel (C7511).
+template <typename T, int kBlocks, bool kRowSums>
+__device__ __forceinline__ void warpgroup_pv(float (&out_acc)[1][8][4], float (&l)[1][4],
+                                             const std::uint32_t (&a)[1][kBlocks][4],
+                                             std::uint32_t vb0, std::uint32_t ones_addr,
+                                             int accumulate) {
+  float(&acc)[32] = flat(out_acc[0]);
+  wgmma_fence();
+#pragma unroll
+  for (int kb = 0; kb < kBlocks; ++kb) {
+    WarpgroupMma<T, 64>::template run<1>(acc, a[0][kb], value_descriptor(vb0 + kb * 2048),
+                                         kb > 0 || accumulate);
+    if constexpr (kRowSums) {
+      WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], wgmma_descriptor(ones_addr, 128, 128, 0),
+                                          1);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operand(acc);
+  if constexpr (kRowSums) wgmma_fence_operand(l[0]);
+}
+
+// text_phase for a warpgroup tile: out_acc = softmax(q·Kᵀ/8)·V, P unnormalised, row sums by MMA.
+template <typename T, int kBlocks>
+__device__ __forceinline__ void warpgroup_text_phase(float (&out_acc)[1][8][4],
+                                                     const std::uint32_t (&q_frag)[1][4][4],
+                                                     std::uint32_t kb0, std::uint32_t vb0,
+                                                     std::uint32_t ones_addr, int valid) {
+  const float score_scale = 1.4426950408889634f * 0.125f;
+  std::uint32_t a[1][kBlocks][4];
+  {
+    float s[1][2 * kBlocks][4];
+    warpgroup_scores<T, kBlocks>(s, q_frag, kb0, valid);
+    softmax_numerators<T, 1, kBlocks>(a, s, score_scale);
+  }
+  float l[1][4] = {};
+  warpgroup_pv<T, kBlocks, true>(out_acc, l, a, vb0, ones_addr, 0);
+  normalise_rows<64, 1>(out_acc, l);
+}
+
+// The text phase and a first identity of one key block together (one wait for both phases'
+// scores, one for both P·V products, the two softmaxes interleaved): out_acc =
+// softmax(q·Kᵀ/8)·V + (P_ip·num/l_ip)·V_ip.
+template <typename T, int kBlocks>
+__device__ __forceinline__ void warpgroup_text_and_identity(
+    float (&out_acc)[1][8][4], const std::uint32_t (&q_frag)[1][4][4], std::uint32_t kb0,
+    std::uint32_t vb0, std::uint32_t ones_addr, int valid, std::uint32_t ip_kb0,
+    std::uint32_t ip_vb0, int ip_valid, const float (&num)[1][2]) {
+  const float score_scale = 1.4426950408889634f * 0.125f;
+  std::uint32_t a[1][kBlocks][4], a_ip[1][1][4];
+  {
+    float s[1][2 * kBlocks][4], s_ip[1][2][4];
+    wgmma_fence();
+    issue_warpgroup_scores<T, kBlocks>(s, q_frag, kb0);
+    issue_warpgroup_scores<T, 1>(s_ip, q_frag, ip_kb0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operand(flat(s[0]));
+    wgmma_fence_operand(flat(s_ip[0]));
+    mask_warpgroup_scores<kBlocks>(s, valid);
+    mask_warpgroup_scores<1>(s_ip, ip_valid);
+    softmax_numerators<T, 1, kBlocks>(a, s, score_scale);
+    folded_probabilities<T, 1, 1>(a_ip, s_ip, num, score_scale);
+  }
+  float l[1][4] = {};
+  float o_ip[1][8][4];
+  wgmma_fence();
+  WarpgroupMma<T, 64>::template run<1>(flat(o_ip[0]), a_ip[0][0], value_descriptor(ip_vb0), 0);
+#pragma unroll
+  for (int kb = 0; kb < kBlocks; ++kb) {
+    WarpgroupMma<T, 64>::template run<1>(flat(out_acc[0]), a[0][kb],
+                                         value_descriptor(vb0 + kb * 2048), kb);
+    WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], wgmma_descriptor(ones_addr, 128, 128, 0),
+                                        1);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operand(flat(out_acc[0]));
+  wgmma_fence_operand(l[0]);
+  wgmma_fence_operand(flat(o_ip[0]));
+  const float inv0 = __fdividef(1.0f, l[0][0]);
+  const float inv1 = __fdividef(1.0f, l[0][2]);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    out_acc[0][j][0] = fmaf(out_acc[0][j][0], inv0, o_ip[0][j][0]);
+    out_acc[0][j][1] = fmaf(out_acc[0][j][1], inv0, o_ip[0][j][1]);
+    out_acc[0][j][2] = fmaf(out_acc[0][j][2], inv1, o_ip[0][j][2]);
+    out_acc[0][j][3] = fmaf(out_acc[0][j][3], inv1, o_ip[0][j][3]);
+  }
+}
+
+// folded_phase for a warpgroup tile: out_acc += (P·num/l)·V.
+template <typename T, int kBlocks>
+__device__ __forceinline__ void warpgroup_folded_phase(float (&out_acc)[1][8][4],
+                                                       const std::uint32_t (&q_frag)[1][4][4],
+                                                       std::uint32_t kb0, std::uint32_t vb0,
+                                                       int valid, const float (&num)[1][2]) {
+  const float score_scale = 1.4426950408889634f * 0.125f;
+  std::uint32_t a[1][kBlocks][4];
+  {
+    float s[1][2 * kBlocks][4];
+    warpgroup_scores<T, kBlocks>(s, q_frag, kb0, valid);
+    folded_probabilities<T, 1, kBlocks>(a, s, num, score_scale);
+  }
+  float unused[1][4];
+  warpgroup_pv<T, kBlocks, false>(out_acc, unused, a, vb0, 0, 1);
+}
+
 // Calls f(std::integral_constant<int, B>{}) with B = the 16-key blocks of `valid` keys (1..5):
 // phase bodies are compiled per block count.
 template <typename F>
@@ -1083,7 +1256,8 @@ cudaError_t launch_resident_attention(const DecoupledAttentionParams& params,
 // The kernel waits for the grid before it in the stream (griddepcontrol.wait) before it reads
 // anything, so it may be launched early (programmatic dependent launch) to hide launch latency.
 
-template <int kHeadDimT, int kWarpsT, int kStagesT = 2, int kCtasPerSmT = 1, int kMmaTilesT = 2>
+template <int kHeadDimT, int kWarpsT, int kStagesT = 2, int kCtasPerSmT = 1, int kMmaTilesT = 2,
+          bool kWarpGroupT = false>
 struct PersistentTile {
   static constexpr int kHeadDim = kHeadDimT;
   static constexpr int kWarps = kWarpsT;
@@ -1092,14 +1266,24 @@ struct PersistentTile {
   static constexpr int kCtasPerSm = kCtasPerSmT;
   static constexpr int kMmaTiles = kMmaTilesT;  // 16-row MMA tiles per warp tile
   static constexpr int kRows = 16 * kMmaTiles;  // query rows per warp tile
-  static constexpr int kMaxPairs = 2;           // (batch, head) pairs a CTA's range may touch
-  static constexpr int kSingleKeys = 80;        // keys of any phase (77 text → 5 blocks of 16)
+  // Warpgroup MMA (sm_90a): the four warps of a warpgroup take one 64-row tile together, 16 rows
+  // each, and multiply with wgmma reading K and V straight from shared memory.
+  static constexpr bool kWarpGroup = kWarpGroupT;
+  static_assert(!kWarpGroup || (kMmaTiles == 1 && kWarps % 4 == 0 && kHeadDim == 64),
+                "warpgroup tiles: 16 rows per warp, whole warpgroups, head dim 64");
+  static constexpr int kTileRows = kWarpGroup ? 64 : kRows;  // query rows per scheduled tile
+  static constexpr int kMaxPairs = 2;     // (batch, head) pairs a CTA's range may touch
+  static constexpr int kSingleKeys = 80;  // keys of any phase (77 text → 5 blocks of 16)
   static constexpr int kChunks = kHeadDim / 8;
   static constexpr int kPitch = kHeadDim + 8;  // elements per row of the q ring and staging
+  // wgmma: up to 1 KB to align K/V to the 128-byte swizzle's 1024-byte period, and 256 bytes of
+  // ones (the B operand of the row sums).
+  static constexpr std::size_t kWarpGroupExtraBytes = kWarpGroup ? 1024 + 256 : 0;
   static std::size_t smem_bytes(int key_rows, std::size_t elem) {
     return (static_cast<std::size_t>(kMaxPairs) * 2 * key_rows * kHeadDim +
             static_cast<std::size_t>(kWarps) * (kStages + 1) * kRows * kPitch) *
-           elem;
+               elem +
+           kWarpGroupExtraBytes;
   }
 };
 
@@ -1127,6 +1311,10 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   constexpr int kPitch = Tile::kPitch;
   constexpr int kTileElems = kRows * kPitch;
   constexpr int kLaneChunks = kRows * kChunks / 32;  // 16-byte chunks of a tile per lane
+  // Tiles are walked by warps, or by warpgroups (warp w taking rows 16·(w % 4) of each tile).
+  constexpr bool kWarpGroup = Tile::kWarpGroup;
+  constexpr int kWalkers = kWarpGroup ? kWarps / 4 : kWarps;
+  constexpr int kTileRows = Tile::kTileRows;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ ResidentPhase s_phase[kMaxIdentities];
@@ -1146,6 +1334,8 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+  const int walker = kWarpGroup ? warp / 4 : warp;
+  const int sub_row = kWarpGroup ? (warp % 4) * 16 : 0;
   const int first_tile = static_cast<int>(blockIdx.x) * tiles_per_cta;
   const int end_tile = min(first_tile + tiles_per_cta, total_tiles);
   const int first_pair = first_tile / tiles_per_pair;
@@ -1154,10 +1344,15 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   int rows = text_rows;
   for (int i = 0; i < p.num_identities; ++i) rows += (p.ip[i].tokens + 15) / 16 * 16;
 
-  T* s_kv = reinterpret_cast<T*>(smem_raw);  // [kMaxPairs][K rows, V rows][d], swizzled
+  unsigned char* smem_base = smem_raw;
+  if constexpr (kWarpGroup) smem_base += (1024u - (smem_address(smem_raw) & 1023u)) & 1023u;
+  T* s_kv = reinterpret_cast<T*>(smem_base);  // [kMaxPairs][K rows, V rows][d], swizzled
   // [kStages + 1][kRows, kPitch]: this warp's q ring, then its out staging tile
   T* s_ring = s_kv + Tile::kMaxPairs * 2 * rows * kHeadDim + warp * (kStages + 1) * kTileElems;
   T* s_out = s_ring + kStages * kTileElems;
+  // wgmma only: 256 bytes of ones after every warp's ring and staging tile
+  std::uint32_t* s_ones = reinterpret_cast<std::uint32_t*>(
+      s_kv + Tile::kMaxPairs * 2 * rows * kHeadDim + kWarps * (kStages + 1) * kTileElems);
 
   const T* q_all = static_cast<const T*>(p.q);
   // (batch, head) of the range's first pair and of the next one; tiles at or past `boundary` are
@@ -1175,11 +1370,12 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   auto tile_pos = [&](int g) {
     const bool next = g >= boundary;
     return TilePos{next ? 1 : 0, next ? b1 : b0, next ? h1 : h0, next ? image1 : image0,
-                   (g - (next ? boundary : boundary - tiles_per_pair)) * kRows};
+                   (g - (next ? boundary : boundary - tiles_per_pair)) * kTileRows + sub_row};
   };
-  // The i-th tile of this warp into ring slot i % kStages (rows past N zero-filled).
+  // The i-th tile of this warp (its rows of it) into ring slot i % kStages (rows past N
+  // zero-filled).
   auto issue_q = [&](int i) {
-    const int g = first_tile + warp + i * kWarps;
+    const int g = first_tile + walker + i * kWalkers;
     if (kProbe == 2 || g >= end_tile) return;
     const TilePos t = tile_pos(g);
     const int n0 = t.row0 + lane / kChunks;  // this lane's first row; then every 32/kChunks
@@ -1197,6 +1393,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   // Commit groups, in order: all K/V, q tiles 0 .. kStages-1, then one per tile. K/V go first:
   // every warp needs them, and behind the q tiles of the whole CTA (all of q, for small layers)
   // they arrived last, holding the barrier (timeline probe, docs/performance.md).
+  if constexpr (kWarpGroup) {
+    if (threadIdx.x < 64) s_ones[threadIdx.x] = Mma::kOnes;
+  }
   if (threadIdx.x == 0) {
     int start = text_rows;
     for (int i = 0; i < p.num_identities; ++i) {
@@ -1264,12 +1463,12 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   const std::uint32_t pair_bytes = static_cast<std::uint32_t>(2 * rows * kHeadDim * sizeof(T));
   const std::uint32_t kv_addr = smem_address(s_kv);
 
-  const int my_tiles = (end_tile - first_tile - warp + kWarps - 1) / kWarps;
+  const int my_tiles = (end_tile - first_tile - walker + kWalkers - 1) / kWalkers;
 #pragma unroll 1
   for (int i = 0; i < my_tiles; ++i) {
     cp_async_wait<kStages - 1>();
     __syncwarp();
-    const TilePos t = tile_pos(first_tile + warp + i * kWarps);
+    const TilePos t = tile_pos(first_tile + walker + i * kWalkers);
     const T* sq = s_ring + (i % kStages) * kTileElems + (lane % 16) * kPitch + (lane / 16) * 8;
     std::uint32_t q_frag[kMT][kKSteps][4];
 #pragma unroll
@@ -1303,29 +1502,70 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
       }
     };
     float out_acc[kMT][kDTiles][4];
-    if (kProbe == 1 || !p.include_text) {
-      attention_detail::zero(out_acc);
-    } else {
-      attention_detail::dispatch_key_blocks(p.text_len, [&](auto blocks) {
-        attention_detail::text_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
-            out_acc, q_frag, k_addr, v_addr, k_off, v_off, p.text_len);
-      });
-    }
-    for (int id = 0; id < (kProbe == 1 ? 0 : p.num_identities); ++id) {
-      const ResidentPhase phase = s_phase[id];
-      float num[kMT][2];
-      ip_factors(phase, num);
-      const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
-      if constexpr (kIpOneBlock) {
-        attention_detail::folded_phase<T, kHeadDim, kMT, 1>(out_acc, q_frag, k_addr + start_bytes,
-                                                            v_addr + start_bytes, k_off, v_off,
-                                                            phase.count, num);
-      } else {
-        attention_detail::dispatch_key_blocks(phase.count, [&](auto blocks) {
-          attention_detail::folded_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
-              out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, k_off, v_off,
-              phase.count, num);
+    if constexpr (kWarpGroup) {
+      // The text phase with the first identity (when it has one key block), then the others.
+      const std::uint32_t ones_addr = smem_address(s_ones);
+      int first_id = 0;
+      if (kProbe == 1 || !p.include_text) {
+        attention_detail::zero(out_acc);
+      } else if (p.num_identities > 0 && s_phase[0].count <= 16) {
+        const ResidentPhase phase = s_phase[0];
+        float num[kMT][2];
+        ip_factors(phase, num);
+        const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
+        attention_detail::dispatch_key_blocks(p.text_len, [&](auto blocks) {
+          attention_detail::warpgroup_text_and_identity<T, decltype(blocks)::value>(
+              out_acc, q_frag, k_addr, v_addr, ones_addr, p.text_len, k_addr + start_bytes,
+              v_addr + start_bytes, phase.count, num);
         });
+        first_id = 1;
+      } else {
+        attention_detail::dispatch_key_blocks(p.text_len, [&](auto blocks) {
+          attention_detail::warpgroup_text_phase<T, decltype(blocks)::value>(
+              out_acc, q_frag, k_addr, v_addr, ones_addr, p.text_len);
+        });
+      }
+      for (int id = first_id; id < (kProbe == 1 ? 0 : p.num_identities); ++id) {
+        const ResidentPhase phase = s_phase[id];
+        float num[kMT][2];
+        ip_factors(phase, num);
+        const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
+        if constexpr (kIpOneBlock) {
+          attention_detail::warpgroup_folded_phase<T, 1>(out_acc, q_frag, k_addr + start_bytes,
+                                                         v_addr + start_bytes, phase.count, num);
+        } else {
+          attention_detail::dispatch_key_blocks(phase.count, [&](auto blocks) {
+            attention_detail::warpgroup_folded_phase<T, decltype(blocks)::value>(
+                out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, phase.count, num);
+          });
+        }
+      }
+    } else {
+      // The text phase, then each identity.
+      if (kProbe == 1 || !p.include_text) {
+        attention_detail::zero(out_acc);
+      } else {
+        attention_detail::dispatch_key_blocks(p.text_len, [&](auto blocks) {
+          attention_detail::text_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
+              out_acc, q_frag, k_addr, v_addr, k_off, v_off, p.text_len);
+        });
+      }
+      for (int id = 0; id < (kProbe == 1 ? 0 : p.num_identities); ++id) {
+        const ResidentPhase phase = s_phase[id];
+        float num[kMT][2];
+        ip_factors(phase, num);
+        const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
+        if constexpr (kIpOneBlock) {
+          attention_detail::folded_phase<T, kHeadDim, kMT, 1>(out_acc, q_frag, k_addr + start_bytes,
+                                                              v_addr + start_bytes, k_off, v_off,
+                                                              phase.count, num);
+        } else {
+          attention_detail::dispatch_key_blocks(phase.count, [&](auto blocks) {
+            attention_detail::folded_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
+                out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, k_off, v_off,
+                phase.count, num);
+          });
+        }
       }
     }
     const int b = t.b;
@@ -1409,7 +1649,7 @@ bool persistent_attention_fits(const DecoupledAttentionParams& params, std::size
   const int key_rows = resident_key_rows(params);
   if (key_rows == 0 || max_phase_keys(params) > Tile::kSingleKeys) return false;
   const long long tiles = static_cast<long long>(params.batch) * params.heads *
-                          ((params.queries + Tile::kRows - 1) / Tile::kRows);
+                          ((params.queries + Tile::kTileRows - 1) / Tile::kTileRows);
   return tiles <= 0x7fffffffLL &&
          Tile::smem_bytes(key_rows, elem) <= static_cast<std::size_t>(persistent_smem_limit());
 }
@@ -1422,6 +1662,9 @@ template <typename T, typename Tile, int kProbe = 0>
 cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params, cudaStream_t stream,
                                         int max_ctas = 0, bool early_launch = true) noexcept {
   if (!persistent_attention_fits<Tile>(params, sizeof(T))) return cudaErrorInvalidValue;
+  if constexpr (Tile::kWarpGroup) {
+    if (!warpgroup_mma_compiled()) return cudaErrorInvalidValue;
+  }
   bool ip_one_block = true;
   for (int i = 0; i < params.num_identities; ++i) {
     ip_one_block = ip_one_block && params.ip[i].tokens <= 16;
@@ -1441,7 +1684,7 @@ cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params, 
   if (e == cudaSuccess)
     e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (e != cudaSuccess) return e;
-  const int tiles_per_pair = (params.queries + Tile::kRows - 1) / Tile::kRows;
+  const int tiles_per_pair = (params.queries + Tile::kTileRows - 1) / Tile::kTileRows;
   const long long total = static_cast<long long>(params.batch) * params.heads * tiles_per_pair;
   const long long slots = max_ctas > 0 ? max_ctas : static_cast<long long>(sms) * Tile::kCtasPerSm;
   long long per_cta = (total + slots - 1) / slots;
@@ -1457,13 +1700,20 @@ cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params, 
 // The persistent tiles the launchers use (d 64): the default (measured, docs/performance.md),
 // and a smaller one for key sets whose K/V leave too little shared memory for the default's rings
 // (several identities with up to 80 tokens each).
-using DefaultPersistentTile = PersistentTile<64, 12, 2, 1, 1>;
+using DefaultPersistentTile = PersistentTile<64, 12, 1, 1, 1>;
 using SmallPersistentTile = PersistentTile<64, 6, 2, 1, 2>;
+// Warpgroup tiles (sm_90a wgmma): 12 warps = 3 warpgroups of 64-row tiles.
+using WarpGroupPersistentTile = PersistentTile<64, 12, 1, 1, 1, true>;
 
 // The persistent variant with the first tile that fits; cudaErrorInvalidValue if none does.
+// warpgroup: try the wgmma tile first (used where this image has sm_90a code).
 template <typename T>
 cudaError_t launch_persistent_default(const DecoupledAttentionParams& params, cudaStream_t stream,
-                                      int max_ctas = 0) noexcept {
+                                      int max_ctas = 0, bool warpgroup = false) noexcept {
+  if (warpgroup && persistent_attention_fits<WarpGroupPersistentTile>(params, sizeof(T)) &&
+      warpgroup_mma_compiled()) {
+    return launch_persistent_attention<T, WarpGroupPersistentTile>(params, stream, max_ctas);
+  }
   if (persistent_attention_fits<DefaultPersistentTile>(params, sizeof(T))) {
     return launch_persistent_attention<T, DefaultPersistentTile>(params, stream, max_ctas);
   }
@@ -1494,7 +1744,7 @@ cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
       if constexpr (kHeadDim == 64) {
         if (persistent_attention_fits<DefaultPersistentTile>(params, sizeof(T)) ||
             persistent_attention_fits<SmallPersistentTile>(params, sizeof(T))) {
-          return launch_persistent_default<T>(params, stream);
+          return launch_persistent_default<T>(params, stream, 0, true);
         }
       }
       return launch_resident_attention<T, kHeadDim, D::kWarps, D::kOnePassGroups, true,
@@ -1520,6 +1770,12 @@ cudaError_t launch_decoupled_attention_variant(AttentionVariant variant,
   if (status != cudaSuccess) return status;
   if (variant == AttentionVariant::kPersistent) {
     if constexpr (kHeadDim == 64) return launch_persistent_default<T>(params, stream, max_ctas);
+    return cudaErrorInvalidValue;
+  }
+  if (variant == AttentionVariant::kPersistentWarpGroup) {
+    if constexpr (kHeadDim == 64) {
+      return launch_persistent_attention<T, WarpGroupPersistentTile>(params, stream, max_ctas);
+    }
     return cudaErrorInvalidValue;
   }
   const int key_rows = resident_key_rows(params);

@@ -10,9 +10,9 @@
 // Every softmax is normalised on its own, scores and sums in fp32, P rounded to the input dtype
 // before the P·V product (tensor-core MMA, fp32 accumulation), out rounded once.
 
-#include <cstdint>
-
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 namespace instantid::kernels {
 
@@ -22,11 +22,11 @@ constexpr int kMaxIdentities = 4;
 struct IpIdentityParams {
   const void* k[2] = {nullptr, nullptr};  // [T, H*d] row-major; [0] cond, [1] uncond
   const void* v[2] = {nullptr, nullptr};  // [T, H*d] row-major
-  std::int64_t row_stride = 0;             // elements between token rows of k and v (>= H*d)
-  int tokens = 0;                          // T >= 1
-  float scale = 1.0f;                      // s_i (weight for "V only", 1 for the K+V modes)
-  const float* mask = nullptr;             // [mask_rows, N] row-major float32, or null
-  int mask_rows = 0;                       // batch row b uses mask row min(b % P, mask_rows - 1)
+  std::int64_t row_stride = 0;            // elements between token rows of k and v (>= H*d)
+  int tokens = 0;                         // T >= 1
+  float scale = 1.0f;                     // s_i (weight for "V only", 1 for the K+V modes)
+  const float* mask = nullptr;            // [mask_rows, N] row-major float32, or null
+  int mask_rows = 0;                      // batch row b uses mask row min(b % P, mask_rows - 1)
 };
 
 struct DecoupledAttentionParams {
@@ -38,10 +38,10 @@ struct DecoupledAttentionParams {
   std::int64_t v_batch_stride = 0, v_row_stride = 0;
   void* out = nullptr;  // [B, N, H*d]: written, or accumulated into when !include_text
   std::int64_t out_batch_stride = 0, out_row_stride = 0;
-  int batch = 0;    // B
-  int queries = 0;  // N
-  int text_len = 0; // L (ignored when !include_text)
-  int heads = 0;    // H
+  int batch = 0;     // B
+  int queries = 0;   // N
+  int text_len = 0;  // L (ignored when !include_text)
+  int heads = 0;     // H
   bool include_text = true;
   int images_per_chunk = 1;         // P = B / G
   std::uint64_t uncond_chunks = 0;  // bit g set: chunk g (rows g·P .. g·P+P-1) uses uncond K/V
@@ -65,13 +65,19 @@ cudaError_t launch_decoupled_attention(const DecoupledAttentionParams& params,
 // The variants the launcher picks between (docs/kernels.md). kAuto is what
 // launch_decoupled_attention does; kPersistent exists for head dim 64 with every phase <= 80 keys
 // (else cudaErrorInvalidValue); kResident for up to 256 (d 64) / 128 (d 128) padded key rows.
+// kPersistentWarpGroup is the persistent variant on sm_90a warpgroup MMAs (wgmma): same cover,
+// cudaErrorInvalidValue unless the loaded image was compiled for sm_90a.
 // max_ctas > 0 caps the persistent grid (tests: many tiles per warp, ranges over two pairs).
-enum class AttentionVariant : std::uint8_t { kAuto, kResident, kPersistent };
+enum class AttentionVariant : std::uint8_t { kAuto, kResident, kPersistent, kPersistentWarpGroup };
 
 template <typename T, int kHeadDim>
 cudaError_t launch_decoupled_attention_variant(AttentionVariant variant,
-                                               const DecoupledAttentionParams& params,
-                                               int max_ctas, cudaStream_t stream) noexcept;
+                                               const DecoupledAttentionParams& params, int max_ctas,
+                                               cudaStream_t stream) noexcept;
+
+// Whether kPersistentWarpGroup can run on the current device: this library's kernels were
+// compiled for sm_90a and the device is one (H100 / H200). Never synchronises.
+bool warpgroup_attention_available() noexcept;
 
 // Runtime switch over the compiled instantiations.
 cudaError_t decoupled_attention(AttentionDType dtype, int head_dim,
