@@ -423,6 +423,8 @@ void bench_tune(cudaStream_t stream) {
   tune_persistent<12, 1, 1, 1, 0, true>(layers, stream, bytes);
   tune_persistent<12, 2, 1, 1, 0, true>(layers, stream, bytes);
   tune_persistent<8, 1, 1, 1, 0, true>(layers, stream, bytes);
+  tune_persistent<16, 1, 1, 1, 0, true>(layers, stream, bytes);
+  tune_persistent<8, 1, 2, 1, 0, true>(layers, stream, bytes);
   tune_persistent<12, 1, 1, 1, 1, true>(layers, stream, bytes);
   tune_persistent<12, 1, 1, 1, 2, true>(layers, stream, bytes);
   tune_persistent<12, 1, 1, 1, 3, true>(layers, stream, bytes);
@@ -547,7 +549,12 @@ void bench_prepare(cudaStream_t stream) {
 void run_profile(cudaStream_t stream) {
   for (int w : {1280, 640}) {
     const Layer l = make_layer(w == 640 ? 4096 : 1024, w, 2, 77, 11);
-    for (auto v : {kernels::AttentionVariant::kResident, kernels::AttentionVariant::kPersistent}) {
+    for (auto v : {kernels::AttentionVariant::kResident, kernels::AttentionVariant::kPersistent,
+                   kernels::AttentionVariant::kPersistentWarpGroup}) {
+      if (v == kernels::AttentionVariant::kPersistentWarpGroup &&
+          !kernels::warpgroup_attention_available()) {
+        continue;
+      }
       for (int r = 0; r < 2; ++r) {
         check_cuda(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 64, v,
                                                         l.params, 0, stream),

@@ -1272,6 +1272,10 @@ struct PersistentTile {
   static_assert(!kWarpGroup || (kMmaTiles == 1 && kWarps % 4 == 0 && kHeadDim == 64),
                 "warpgroup tiles: 16 rows per warp, whole warpgroups, head dim 64");
   static constexpr int kTileRows = kWarpGroup ? 64 : kRows;  // query rows per scheduled tile
+  // wgmma: the text phase and a first one-block identity in one pass (about 160 registers per
+  // thread); with more than 12 warps per SM the register budget (<= 128) keeps them apart, since
+  // ptxas serialises every wgmma of a kernel whose registers run short.
+  static constexpr bool kFusedFirstIdentity = kWarpGroup && kWarps * kCtasPerSm <= 12;
   static constexpr int kMaxPairs = 2;     // (batch, head) pairs a CTA's range may touch
   static constexpr int kSingleKeys = 80;  // keys of any phase (77 text → 5 blocks of 16)
   static constexpr int kChunks = kHeadDim / 8;
@@ -1508,7 +1512,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
       int first_id = 0;
       if (kProbe == 1 || !p.include_text) {
         attention_detail::zero(out_acc);
-      } else if (p.num_identities > 0 && s_phase[0].count <= 16) {
+      } else if (Tile::kFusedFirstIdentity && p.num_identities > 0 && s_phase[0].count <= 16) {
         const ResidentPhase phase = s_phase[0];
         float num[kMT][2];
         ip_factors(phase, num);
