@@ -296,7 +296,7 @@ void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double byt
 template <int kWarps, int kStages, int kCtasPerSm, int kMmaTiles, int kProbe = 0,
           bool kWarpGroup = false>
 void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, double bytes,
-                     bool early = true) {
+                     bool early = true, const std::string& suffix = "") {
   using Tile = kernels::PersistentTile<64, kWarps, kStages, kCtasPerSm, kMmaTiles, kWarpGroup>;
   if (kWarpGroup && !kernels::warpgroup_attention_available()) return;
   cudaGraphExec_t exec = capture(stream, [&] {
@@ -319,7 +319,7 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
            : kProbe == 2 ? "_probe_math_only"
            : kProbe == 3 ? "_probe_prologue_only"
                          : "") +
-          (early ? "" : "_no_early_launch"),
+          (early ? "" : "_no_early_launch") + suffix,
       s, bytes, extra);
   cudaGraphExecDestroy(exec);
 }
@@ -428,6 +428,25 @@ void bench_tune(cudaStream_t stream) {
   tune_persistent<12, 1, 1, 1, 1, true>(layers, stream, bytes);
   tune_persistent<12, 1, 1, 1, 2, true>(layers, stream, bytes);
   tune_persistent<12, 1, 1, 1, 3, true>(layers, stream, bytes);
+  // The two layer shapes apart (per-shape tile choice): the step's layers of one width only.
+  for (int width : {640, 1280}) {
+    std::vector<Layer> some;
+    std::vector<std::size_t> from;
+    double some_bytes = 0;
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      if (layers[i].c != width) continue;
+      from.push_back(i);
+      some.push_back(std::move(layers[i]));
+      some_bytes += some.back().bytes(true);
+    }
+    const std::string shape = width == 640 ? "_only_4096x640" : "_only_1024x1280";
+    tune_persistent<12, 1, 1, 1>(some, stream, some_bytes, true, shape);
+    tune_persistent<16, 1, 1, 1>(some, stream, some_bytes, true, shape);
+    tune_persistent<12, 1, 1, 1, 0, true>(some, stream, some_bytes, true, shape);
+    tune_persistent<16, 1, 1, 1, 0, true>(some, stream, some_bytes, true, shape);
+    tune_persistent<8, 1, 1, 1, 0, true>(some, stream, some_bytes, true, shape);
+    for (std::size_t j = 0; j < from.size(); ++j) layers[from[j]] = std::move(some[j]);
+  }
   bench_timeline<kernels::DefaultPersistentTile>(layers, stream);
   bench_timeline<kernels::WarpGroupPersistentTile>(layers, stream);
 }

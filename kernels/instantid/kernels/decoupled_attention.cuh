@@ -20,6 +20,7 @@
 
 #include "instantid/kernels/async_pipeline.cuh"
 #include "instantid/kernels/decoupled_attention.hpp"
+#include "instantid/kernels/fast_divisor.hpp"
 #include "instantid/kernels/warpgroup_mma.cuh"
 
 namespace instantid::kernels {
@@ -1291,6 +1292,13 @@ struct PersistentTile {
   }
 };
 
+// How the launcher cut the (pair = b·H + h, row tile) order: CTA c owns tiles
+// [c·tiles_per_cta, ...) of total_tiles; the divisors the prologue needs are prepared on the host.
+struct PersistentSchedule {
+  int tiles_per_pair = 1, tiles_per_cta = 1, total_tiles = 0;
+  FastDivisor by_tiles_per_pair, by_heads, by_images_per_chunk;
+};
+
 // kProbe (benchmarks only): 0 the attention; 1 q in and out written, no math (memory pattern);
 // 2 the math alone, no q loaded and nothing stored; 3 the prologue alone (K/V loaded and the
 // first q tiles requested, then exit); 4 the attention with a timeline: lane 0 of every warp writes
@@ -1300,8 +1308,8 @@ struct PersistentTile {
 // kIpOneBlock: every ip phase has <= 16 tokens (its body is compiled for one key block).
 template <typename T, typename Tile, bool kIpOneBlock, int kProbe = 0>
 __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
-    decoupled_attention_persistent_kernel(const DecoupledAttentionParams p, int tiles_per_pair,
-                                          int tiles_per_cta, int total_tiles) {
+    decoupled_attention_persistent_kernel(const DecoupledAttentionParams p,
+                                          const PersistentSchedule schedule) {
   constexpr int kHeadDim = Tile::kHeadDim;
   using Mma = attention_detail::MmaType<T>;
   using attention_detail::ResidentPhase;
@@ -1340,10 +1348,11 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   const int lane = threadIdx.x % 32;
   const int walker = kWarpGroup ? warp / 4 : warp;
   const int sub_row = kWarpGroup ? (warp % 4) * 16 : 0;
-  const int first_tile = static_cast<int>(blockIdx.x) * tiles_per_cta;
-  const int end_tile = min(first_tile + tiles_per_cta, total_tiles);
-  const int first_pair = first_tile / tiles_per_pair;
-  const int num_pairs = (end_tile - 1) / tiles_per_pair - first_pair + 1;
+  const int tiles_per_pair = schedule.tiles_per_pair;
+  const int first_tile = static_cast<int>(blockIdx.x) * schedule.tiles_per_cta;
+  const int end_tile = min(first_tile + schedule.tiles_per_cta, schedule.total_tiles);
+  const int first_pair = schedule.by_tiles_per_pair.div(first_tile);
+  const int num_pairs = schedule.by_tiles_per_pair.div(end_tile - 1) - first_pair + 1;
   const int text_rows = p.include_text ? (p.text_len + 15) / 16 * 16 : 0;
   int rows = text_rows;
   for (int i = 0; i < p.num_identities; ++i) rows += (p.ip[i].tokens + 15) / 16 * 16;
@@ -1361,13 +1370,16 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   const T* q_all = static_cast<const T*>(p.q);
   // (batch, head) of the range's first pair and of the next one; tiles at or past `boundary` are
   // the next pair's.
-  const int b0 = first_pair / p.heads;
+  const int b0 = schedule.by_heads.div(first_pair);
   const int h0 = first_pair - b0 * p.heads;
   const int b1 = h0 + 1 == p.heads ? b0 + 1 : b0;
   const int h1 = h0 + 1 == p.heads ? 0 : h0 + 1;
   const int boundary = (first_pair + 1) * tiles_per_pair;
-  const int image0 = b0 % p.images_per_chunk;  // mask rows are per image of a chunk
-  const int image1 = b1 % p.images_per_chunk;
+  // mask rows are per image of a chunk; a chunk's rows use the uncond ip K/V when its bit is set
+  const int chunk0 = schedule.by_images_per_chunk.div(b0);
+  const int chunk1 = schedule.by_images_per_chunk.div(b1);
+  const int image0 = b0 - chunk0 * p.images_per_chunk;
+  const int image1 = b1 - chunk1 * p.images_per_chunk;
   struct TilePos {
     int slot, b, h, image, row0;
   };
@@ -1416,10 +1428,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
   const int kv_chunk = threadIdx.x % kChunks;
   const int kv_row0 = threadIdx.x / kChunks;
   for (int slot = 0; slot < num_pairs; ++slot) {
-    const int pair = first_pair + slot;
-    const int b = pair / p.heads;
-    const std::int64_t head_col = static_cast<std::int64_t>(pair - b * p.heads) * kHeadDim;
-    const int chunk_uncond = b / p.images_per_chunk;
+    const int b = slot == 0 ? b0 : b1;
+    const std::int64_t head_col = static_cast<std::int64_t>(slot == 0 ? h0 : h1) * kHeadDim;
+    const int chunk_uncond = slot == 0 ? chunk0 : chunk1;
     const int uncond =
         chunk_uncond < 64 ? static_cast<int>((p.uncond_chunks >> chunk_uncond) & 1u) : 0;
     T* sk = s_kv + slot * 2 * rows * kHeadDim;
@@ -1696,9 +1707,15 @@ cudaError_t launch_persistent_attention(const DecoupledAttentionParams& params, 
   const long long max_per_cta = static_cast<long long>(tiles_per_pair) * (Tile::kMaxPairs - 1);
   per_cta = per_cta < max_per_cta ? per_cta : max_per_cta;
   const long long grid = (total + per_cta - 1) / per_cta;
+  PersistentSchedule schedule;
+  schedule.tiles_per_pair = tiles_per_pair;
+  schedule.tiles_per_cta = static_cast<int>(per_cta);
+  schedule.total_tiles = static_cast<int>(total);
+  schedule.by_tiles_per_pair = FastDivisor(tiles_per_pair);
+  schedule.by_heads = FastDivisor(params.heads);
+  schedule.by_images_per_chunk = FastDivisor(params.images_per_chunk);
   return launch_kernel(early_launch && major >= 9, kernel, dim3(static_cast<unsigned>(grid)),
-                       dim3(Tile::kThreads), smem, stream, params, tiles_per_pair,
-                       static_cast<int>(per_cta), static_cast<int>(total));
+                       dim3(Tile::kThreads), smem, stream, params, schedule);
 }
 
 // The persistent tiles the launchers use (d 64): the default (measured, docs/performance.md),
