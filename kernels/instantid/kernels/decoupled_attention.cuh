@@ -915,6 +915,7 @@ __device__ __forceinline__ void warpgroup_text_phase(float (&out_acc)[1][8][4],
     softmax_numerators<T, 1, kBlocks>(a, s, score_scale);
   }
   float l[1][4] = {};
+  wgmma_fence_operand(l[0]);  // zeroed before the wgmma sequence, not inside it (C7519)
   warpgroup_pv<T, kBlocks, true>(out_acc, l, a, vb0, ones_addr, 0);
   normalise_rows<64, 1>(out_acc, l);
 }
@@ -944,6 +945,7 @@ __device__ __forceinline__ void warpgroup_text_and_identity(
     folded_probabilities<T, 1, 1>(a_ip, s_ip, num, score_scale);
   }
   float l[1][4] = {};
+  wgmma_fence_operand(l[0]);  // zeroed before the wgmma sequence, not inside it (C7519)
   float o_ip[1][8][4];
   wgmma_fence();
   WarpgroupMma<T, 64>::template run<1>(flat(o_ip[0]), a_ip[0][0], value_descriptor(ip_vb0), 0);
