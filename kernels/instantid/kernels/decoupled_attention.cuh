@@ -581,6 +581,24 @@ __device__ __forceinline__ void ldmatrix_lane_offsets(std::uint32_t (&k_off)[kHe
   }
 }
 
+// Keys at or past `valid` (only in the last block) to -inf, in kMT tiles of scores.
+template <int kMT, int kBlocks>
+__device__ __forceinline__ void mask_scores(float (&s)[kMT][2 * kBlocks][4], int valid) {
+  if (kBlocks * 16 > valid) {
+    const int my_col = (threadIdx.x % 4) * 2;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int j = 2 * kBlocks - 2; j < 2 * kBlocks; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (j * 8 + my_col + (e & 1) >= valid) s[mt][j][e] = -INFINITY;
+        }
+      }
+    }
+  }
+}
+
 // Scores of kMT 16-row MMA tiles against kBlocks blocks of 16 keys: s = q·Kᵀ, unscaled, keys at
 // or past `valid` (only in the last block) at -inf. Each K fragment read from shared memory
 // serves all kMT tiles.
@@ -614,19 +632,7 @@ __device__ __forceinline__ void phase_scores(float (&s)[kMT][2 * kBlocks][4],
       }
     }
   }
-  if (kBlocks * 16 > valid) {
-    const int my_col = (threadIdx.x % 4) * 2;
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-      for (int j = 2 * kBlocks - 2; j < 2 * kBlocks; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (j * 8 + my_col + (e & 1) >= valid) s[mt][j][e] = -INFINITY;
-        }
-      }
-    }
-  }
+  mask_scores<kMT, kBlocks>(s, valid);
 }
 
 // Row maxima of the thread's rows (r, r + 8) of each tile, times the exp2 scale (positive).
@@ -821,11 +827,8 @@ __device__ __forceinline__ void folded_phase(float (&out_acc)[kMT][kHeadDim / 8]
 // wgmma's 128-byte swizzle. K is the K-major B of q·Kᵀ (a 32-byte step per 16 dims), V the N-major
 // B of P·V (16 keys = 2048 bytes per step). For N = 64 (one swizzle atom wide) only the 8-row
 // group stride (1024 bytes) matters; it is given as both offsets since the PTX ISA and CUTLASS
-// name the two differently for N-major layouts.
-__device__ __forceinline__ std::uint64_t key_descriptor(std::uint32_t addr) {
-  return wgmma_descriptor(addr, 1024, 1024, 1);
-}
-__device__ __forceinline__ std::uint64_t value_descriptor(std::uint32_t addr) {
+// name the two differently for N-major layouts. The same descriptor serves both.
+__device__ __forceinline__ std::uint64_t kv_descriptor(std::uint32_t addr) {
   return wgmma_descriptor(addr, 1024, 1024, 1);
 }
 
@@ -843,22 +846,7 @@ __device__ __forceinline__ void issue_warpgroup_scores(float (&s)[1][2 * kBlocks
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     WarpgroupMma<T, 16 * kBlocks>::template run<0>(flat(s[0]), q_frag[0][kk],
-                                                   key_descriptor(kb0 + kk * 32), kk);
-  }
-}
-
-// Keys at or past `valid` (only in the last block) to -inf.
-template <int kBlocks>
-__device__ __forceinline__ void mask_warpgroup_scores(float (&s)[1][2 * kBlocks][4], int valid) {
-  if (kBlocks * 16 > valid) {
-    const int my_col = (threadIdx.x % 4) * 2;
-#pragma unroll
-    for (int j = 2 * kBlocks - 2; j < 2 * kBlocks; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (j * 8 + my_col + (e & 1) >= valid) s[0][j][e] = -INFINITY;
-      }
-    }
+                                                   kv_descriptor(kb0 + kk * 32), kk);
   }
 }
 
@@ -872,7 +860,7 @@ __device__ __forceinline__ void warpgroup_scores(float (&s)[1][2 * kBlocks][4],
   wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_operand(flat(s[0]));
-  mask_warpgroup_scores<kBlocks>(s, valid);
+  mask_scores<1, kBlocks>(s, valid);
 }
 
 // out_acc (+)= P·V over kBlocks blocks of 16 keys (accumulate 0 overwrites); with kRowSums also
@@ -888,7 +876,7 @@ __device__ __forceinline__ void warpgroup_pv(float (&out_acc)[1][8][4], float (&
   wgmma_fence();
 #pragma unroll
   for (int kb = 0; kb < kBlocks; ++kb) {
-    WarpgroupMma<T, 64>::template run<1>(acc, a[0][kb], value_descriptor(vb0 + kb * 2048),
+    WarpgroupMma<T, 64>::template run<1>(acc, a[0][kb], kv_descriptor(vb0 + kb * 2048),
                                          kb > 0 || accumulate);
     if constexpr (kRowSums) {
       WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], wgmma_descriptor(ones_addr, 128, 128, 0),
@@ -939,8 +927,8 @@ __device__ __forceinline__ void warpgroup_text_and_identity(
     wgmma_wait<0>();
     wgmma_fence_operand(flat(s[0]));
     wgmma_fence_operand(flat(s_ip[0]));
-    mask_warpgroup_scores<kBlocks>(s, valid);
-    mask_warpgroup_scores<1>(s_ip, ip_valid);
+    mask_scores<1, kBlocks>(s, valid);
+    mask_scores<1, 1>(s_ip, ip_valid);
     softmax_numerators<T, 1, kBlocks>(a, s, score_scale);
     folded_probabilities<T, 1, 1>(a_ip, s_ip, num, score_scale);
   }
@@ -948,11 +936,11 @@ __device__ __forceinline__ void warpgroup_text_and_identity(
   wgmma_fence_operand(l[0]);  // zeroed before the wgmma sequence, not inside it (C7519)
   float o_ip[1][8][4];
   wgmma_fence();
-  WarpgroupMma<T, 64>::template run<1>(flat(o_ip[0]), a_ip[0][0], value_descriptor(ip_vb0), 0);
+  WarpgroupMma<T, 64>::template run<1>(flat(o_ip[0]), a_ip[0][0], kv_descriptor(ip_vb0), 0);
 #pragma unroll
   for (int kb = 0; kb < kBlocks; ++kb) {
-    WarpgroupMma<T, 64>::template run<1>(flat(out_acc[0]), a[0][kb],
-                                         value_descriptor(vb0 + kb * 2048), kb);
+    WarpgroupMma<T, 64>::template run<1>(flat(out_acc[0]), a[0][kb], kv_descriptor(vb0 + kb * 2048),
+                                         kb);
     WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], wgmma_descriptor(ones_addr, 128, 128, 0),
                                         1);
   }
