@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -584,20 +585,64 @@ void run_profile(cudaStream_t stream) {
   }
 }
 
+constexpr const char* kUsage =
+    "usage: bench_cuda [--reps N] [--tune] [--resampler] [--resampler-ctas N] [--profile]\n"
+    "\n"
+    "Benchmarks of the CUDA backend on SDXL 1024^2 shapes (batch 2, fp16); one JSON row per\n"
+    "measurement with the card's name, median / min / max ms, bytes, GB/s and % of the copy\n"
+    "bandwidth measured in the same run (docs/performance.md).\n"
+    "  --reps N            timed repetitions per row (default 30, at least 3)\n"
+    "  --tune              also the kernel tiles, probes, per-shape rows and the timeline\n"
+    "  --resampler         only the copy ceiling and the Resampler rows\n"
+    "  --resampler-ctas N  skinny-GEMM CTAs per SM for the Resampler (default 3)\n"
+    "  --profile           one launch per attention variant and layer shape, nothing timed\n"
+    "                      (for Nsight Compute)\n"
+    "  --help              this text\n";
+
+// A count option's value: a whole number >= minimum, else -1.
+int parse_count(const char* text, int minimum) {
+  char* end = nullptr;
+  errno = 0;
+  const long value = std::strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || value < minimum || value > 1000000) return -1;
+  return static_cast<int>(value);
+}
+
+int usage_error(const std::string& what) {
+  std::fprintf(stderr, "bench_cuda: %s\n\n", what.c_str());
+  std::fputs(kUsage, stderr);
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], "--reps") == 0) g_reps = std::max(3, std::atoi(argv[i + 1]));
-    if (std::strcmp(argv[i], "--resampler-ctas") == 0) {
-      g_resampler_ctas_per_sm = std::max(1, std::atoi(argv[i + 1]));
-    }
-  }
   bool profile = false, resampler_only = false;
   for (int i = 1; i < argc; ++i) {
-    g_tune = g_tune || std::strcmp(argv[i], "--tune") == 0;
-    profile = profile || std::strcmp(argv[i], "--profile") == 0;
-    resampler_only = resampler_only || std::strcmp(argv[i], "--resampler") == 0;
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (arg == "--reps" || arg == "--resampler-ctas") {
+      const int minimum = arg == "--reps" ? 3 : 1;
+      const int value = i + 1 < argc ? parse_count(argv[i + 1], minimum) : -1;
+      if (value < 0) {
+        return usage_error(
+            arg + ": got " + (i + 1 < argc ? "\"" + std::string(argv[i + 1]) + "\"" : "no value") +
+            ", expected a whole number from " + std::to_string(minimum) + " to 1000000");
+      }
+      (arg == "--reps" ? g_reps : g_resampler_ctas_per_sm) = value;
+      ++i;
+    } else if (arg == "--tune") {
+      g_tune = true;
+    } else if (arg == "--profile") {
+      profile = true;
+    } else if (arg == "--resampler") {
+      resampler_only = true;
+    } else {
+      return usage_error("argument " + std::to_string(i) + ": got \"" + arg +
+                         "\", expected one of the options below");
+    }
   }
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
