@@ -827,10 +827,13 @@ __device__ __forceinline__ void folded_phase(float (&out_acc)[kMT][kHeadDim / 8]
 // wgmma's 128-byte swizzle. K is the K-major B of q·Kᵀ (a 32-byte step per 16 dims), V the N-major
 // B of P·V (16 keys = 2048 bytes per step). For N = 64 (one swizzle atom wide) only the 8-row
 // group stride (1024 bytes) matters; it is given as both offsets since the PTX ISA and CUTLASS
-// name the two differently for N-major layouts. The same descriptor serves both.
+// name the two differently for N-major layouts. The same descriptor serves both. Steps within a
+// phase are added to a descriptor as kv_step(bytes): the start address field holds address / 16
+// and shared memory ends below 2^18 bytes, so the field never carries into the next one.
 __device__ __forceinline__ std::uint64_t kv_descriptor(std::uint32_t addr) {
   return wgmma_descriptor(addr, 1024, 1024, 1);
 }
+constexpr std::uint64_t kv_step(std::uint32_t bytes) { return bytes >> 4; }
 
 template <int kN>
 __device__ __forceinline__ float (&flat(float (&x)[kN][4]))[4 * kN] {
@@ -843,10 +846,11 @@ template <typename T, int kBlocks>
 __device__ __forceinline__ void issue_warpgroup_scores(float (&s)[1][2 * kBlocks][4],
                                                        const std::uint32_t (&q_frag)[1][4][4],
                                                        std::uint32_t kb0) {
+  const std::uint64_t desc = kv_descriptor(kb0);
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     WarpgroupMma<T, 16 * kBlocks>::template run<0>(flat(s[0]), q_frag[0][kk],
-                                                   kv_descriptor(kb0 + kk * 32), kk);
+                                                   desc + kv_step(kk * 32), kk);
   }
 }
 
@@ -873,15 +877,14 @@ __device__ __forceinline__ void warpgroup_pv(float (&out_acc)[1][8][4], float (&
                                              std::uint32_t vb0, std::uint32_t ones_addr,
                                              int accumulate) {
   float(&acc)[32] = flat(out_acc[0]);
+  const std::uint64_t desc = kv_descriptor(vb0);
+  const std::uint64_t ones = wgmma_descriptor(ones_addr, 128, 128, 0);
   wgmma_fence();
 #pragma unroll
   for (int kb = 0; kb < kBlocks; ++kb) {
-    WarpgroupMma<T, 64>::template run<1>(acc, a[0][kb], kv_descriptor(vb0 + kb * 2048),
+    WarpgroupMma<T, 64>::template run<1>(acc, a[0][kb], desc + kv_step(kb * 2048),
                                          kb > 0 || accumulate);
-    if constexpr (kRowSums) {
-      WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], wgmma_descriptor(ones_addr, 128, 128, 0),
-                                          1);
-    }
+    if constexpr (kRowSums) WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], ones, 1);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -935,14 +938,14 @@ __device__ __forceinline__ void warpgroup_text_and_identity(
   float l[1][4] = {};
   wgmma_fence_operand(l[0]);  // zeroed before the wgmma sequence, not inside it (C7519)
   float o_ip[1][8][4];
+  const std::uint64_t desc = kv_descriptor(vb0);
+  const std::uint64_t ones = wgmma_descriptor(ones_addr, 128, 128, 0);
   wgmma_fence();
   WarpgroupMma<T, 64>::template run<1>(flat(o_ip[0]), a_ip[0][0], kv_descriptor(ip_vb0), 0);
 #pragma unroll
   for (int kb = 0; kb < kBlocks; ++kb) {
-    WarpgroupMma<T, 64>::template run<1>(flat(out_acc[0]), a[0][kb], kv_descriptor(vb0 + kb * 2048),
-                                         kb);
-    WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], wgmma_descriptor(ones_addr, 128, 128, 0),
-                                        1);
+    WarpgroupMma<T, 64>::template run<1>(flat(out_acc[0]), a[0][kb], desc + kv_step(kb * 2048), kb);
+    WarpgroupMma<T, 8>::template run<0>(l[0], a[0][kb], ones, 1);
   }
   wgmma_commit();
   wgmma_wait<0>();
