@@ -235,18 +235,21 @@ TEST_CASE("decoupled attention: persistent and resident variants on their own, c
   }
 }
 
-TEST_CASE("decoupled attention: the persistent variant refuses what it does not cover",
+TEST_CASE("decoupled attention: the persistent variants refuse what they do not cover",
           "[cuda][attention]") {
   AttentionCase c;
   c.text_len = 81;  // one phase past 80 keys
   c.identities = {IdentityCase{16, 1.0f, 0}};
   AttentionProblem p(c);
   p.prepare(true);
-  const auto persistent = kernels::AttentionVariant::kPersistent;
-  CHECK(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 64, persistent,
-                                             p.params, 0, nullptr) == cudaErrorInvalidValue);
-  CHECK(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 128, persistent,
-                                             p.params, 0, nullptr) == cudaErrorInvalidValue);
+  for (auto variant :
+       {kernels::AttentionVariant::kPersistent, kernels::AttentionVariant::kPersistentWarpGroup}) {
+    INFO("variant " << static_cast<int>(variant));
+    CHECK(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 64, variant, p.params,
+                                               0, nullptr) == cudaErrorInvalidValue);
+    CHECK(kernels::decoupled_attention_variant(kernels::AttentionDType::kF16, 128, variant,
+                                               p.params, 0, nullptr) == cudaErrorInvalidValue);
+  }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const auto bits = p.download_bits();
   std::size_t finite = 0;
