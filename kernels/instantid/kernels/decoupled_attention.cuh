@@ -835,6 +835,9 @@ __device__ __forceinline__ std::uint64_t kv_descriptor(std::uint32_t addr) {
 }
 constexpr std::uint64_t kv_step(std::uint32_t bytes) { return bytes >> 4; }
 
+// log2(e) / sqrt(64): scores go straight to exp2.
+constexpr float kWarpGroupScoreScale = 1.4426950408889634f * 0.125f;
+
 template <int kN>
 __device__ __forceinline__ float (&flat(float (&x)[kN][4]))[4 * kN] {
   return reinterpret_cast<float(&)[4 * kN]>(x);
@@ -898,7 +901,7 @@ __device__ __forceinline__ void warpgroup_text_phase(float (&out_acc)[1][8][4],
                                                      const std::uint32_t (&q_frag)[1][4][4],
                                                      std::uint32_t kb0, std::uint32_t vb0,
                                                      std::uint32_t ones_addr, int valid) {
-  const float score_scale = 1.4426950408889634f * 0.125f;
+  const float score_scale = kWarpGroupScoreScale;
   std::uint32_t a[1][kBlocks][4];
   {
     float s[1][2 * kBlocks][4];
@@ -919,7 +922,7 @@ __device__ __forceinline__ void warpgroup_text_and_identity(
     float (&out_acc)[1][8][4], const std::uint32_t (&q_frag)[1][4][4], std::uint32_t kb0,
     std::uint32_t vb0, std::uint32_t ones_addr, int valid, std::uint32_t ip_kb0,
     std::uint32_t ip_vb0, int ip_valid, const float (&num)[1][2]) {
-  const float score_scale = 1.4426950408889634f * 0.125f;
+  const float score_scale = kWarpGroupScoreScale;
   std::uint32_t a[1][kBlocks][4], a_ip[1][1][4];
   {
     float s[1][2 * kBlocks][4], s_ip[1][2][4];
@@ -969,7 +972,7 @@ __device__ __forceinline__ void warpgroup_folded_phase(float (&out_acc)[1][8][4]
                                                        const std::uint32_t (&q_frag)[1][4][4],
                                                        std::uint32_t kb0, std::uint32_t vb0,
                                                        int valid, const float (&num)[1][2]) {
-  const float score_scale = 1.4426950408889634f * 0.125f;
+  const float score_scale = kWarpGroupScoreScale;
   std::uint32_t a[1][kBlocks][4];
   {
     float s[1][2 * kBlocks][4];
@@ -1510,13 +1513,36 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
       }
     };
     float out_acc[kMT][kDTiles][4];
-    if constexpr (kWarpGroup) {
-      // The text phase with the first identity (when it has one key block), then the others.
+    // One identity's pass, out_acc += (P·s_i·M_i/l)·V, on this tile's MMAs.
+    auto identity_pass = [&](const ResidentPhase phase) {  // a copy: one read of shared memory
+      float num[kMT][2];
+      ip_factors(phase, num);
+      const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
+      auto pass = [&](auto blocks) {
+        constexpr int kBlocks = decltype(blocks)::value;
+        if constexpr (kWarpGroup) {
+          attention_detail::warpgroup_folded_phase<T, kBlocks>(
+              out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, phase.count, num);
+        } else {
+          attention_detail::folded_phase<T, kHeadDim, kMT, kBlocks>(
+              out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, k_off, v_off,
+              phase.count, num);
+        }
+      };
+      if constexpr (kIpOneBlock) {
+        pass(std::integral_constant<int, 1>{});
+      } else {
+        attention_detail::dispatch_key_blocks(phase.count, pass);
+      }
+    };
+    // The text phase (warpgroup tiles: with the first identity when it has one key block), then
+    // the identities not done yet.
+    int first_id = 0;
+    if (kProbe == 1 || !p.include_text) {
+      attention_detail::zero(out_acc);
+    } else if constexpr (kWarpGroup) {
       const std::uint32_t ones_addr = smem_address(s_ones);
-      int first_id = 0;
-      if (kProbe == 1 || !p.include_text) {
-        attention_detail::zero(out_acc);
-      } else if (Tile::kFusedFirstIdentity && p.num_identities > 0 && s_phase[0].count <= 16) {
+      if (Tile::kFusedFirstIdentity && p.num_identities > 0 && s_phase[0].count <= 16) {
         const ResidentPhase phase = s_phase[0];
         float num[kMT][2];
         ip_factors(phase, num);
@@ -1533,48 +1559,14 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kCtasPerSm)
               out_acc, q_frag, k_addr, v_addr, ones_addr, p.text_len);
         });
       }
-      for (int id = first_id; id < (kProbe == 1 ? 0 : p.num_identities); ++id) {
-        const ResidentPhase phase = s_phase[id];
-        float num[kMT][2];
-        ip_factors(phase, num);
-        const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
-        if constexpr (kIpOneBlock) {
-          attention_detail::warpgroup_folded_phase<T, 1>(out_acc, q_frag, k_addr + start_bytes,
-                                                         v_addr + start_bytes, phase.count, num);
-        } else {
-          attention_detail::dispatch_key_blocks(phase.count, [&](auto blocks) {
-            attention_detail::warpgroup_folded_phase<T, decltype(blocks)::value>(
-                out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, phase.count, num);
-          });
-        }
-      }
     } else {
-      // The text phase, then each identity.
-      if (kProbe == 1 || !p.include_text) {
-        attention_detail::zero(out_acc);
-      } else {
-        attention_detail::dispatch_key_blocks(p.text_len, [&](auto blocks) {
-          attention_detail::text_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
-              out_acc, q_frag, k_addr, v_addr, k_off, v_off, p.text_len);
-        });
-      }
-      for (int id = 0; id < (kProbe == 1 ? 0 : p.num_identities); ++id) {
-        const ResidentPhase phase = s_phase[id];
-        float num[kMT][2];
-        ip_factors(phase, num);
-        const std::uint32_t start_bytes = phase.start * kHeadDim * sizeof(T);
-        if constexpr (kIpOneBlock) {
-          attention_detail::folded_phase<T, kHeadDim, kMT, 1>(out_acc, q_frag, k_addr + start_bytes,
-                                                              v_addr + start_bytes, k_off, v_off,
-                                                              phase.count, num);
-        } else {
-          attention_detail::dispatch_key_blocks(phase.count, [&](auto blocks) {
-            attention_detail::folded_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
-                out_acc, q_frag, k_addr + start_bytes, v_addr + start_bytes, k_off, v_off,
-                phase.count, num);
-          });
-        }
-      }
+      attention_detail::dispatch_key_blocks(p.text_len, [&](auto blocks) {
+        attention_detail::text_phase<T, kHeadDim, kMT, decltype(blocks)::value>(
+            out_acc, q_frag, k_addr, v_addr, k_off, v_off, p.text_len);
+      });
+    }
+    for (int id = first_id; id < (kProbe == 1 ? 0 : p.num_identities); ++id) {
+      identity_pass(s_phase[id]);
     }
     const int b = t.b;
     const int row0 = t.row0;
