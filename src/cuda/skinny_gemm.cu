@@ -14,9 +14,6 @@ namespace {
 constexpr int kThreads = 128;  // 4 warps per CTA
 constexpr int kTileN = kSkinnyGemmTileN;
 constexpr int kTileK = kSkinnyGemmTileK;
-// Shared rows are 36 floats apart: 16-byte reads of 4 (W) or 8 (A) consecutive rows hit distinct
-// bank groups, and cp.async destinations stay 16-byte aligned.
-constexpr int kStride = kTileK + 4;
 constexpr int kStages = 4;
 // Fewer k tiles per CTA make the split-K fix-up dominate (measured: 2 → 4 took the Resampler from
 // 0.426 to 0.419 ms on an H200; 8 gave 0.440 ms).
@@ -39,112 +36,65 @@ __device__ __forceinline__ float epilogue(float v, const SkinnyGemmParams& p, in
   return v;
 }
 
-// One CTA: output columns [64·blockIdx.x, +64) over k tiles [split range of blockIdx.y].
-// Warps form kNWarps column groups × kKWarps k groups. Lane (ml = lane % kMLanes,
-// ng = lane / kMLanes) of warp (wn, wk) accumulates rows m = ml + kMLanes·i (i < kMPerLane) and
-// columns wn·(8·kNLanes) + ng + kNLanes·j (j < 8) over its k slice of every tile, 4 k per step.
-// kMLanes 8: lane grid 8 × 4, warps 2 × 2 (kMPerLane 8 covers M = 64). kMLanes 4: lane grid
-// 4 × 8, warps 1 × 4: each 16-byte shared read feeds twice the FMAs (fewer shared-memory
-// wavefronts per FMA), for M <= 40.
+// The multiply of one stage (A rows [kMPad, 32 k] and W rows [64, 32 k] in shared memory) is
+// done by a "core": the fp32 FMA core or the 3xTF32 tensor-core core below. A core says where
+// row r, column kc of a stage lives (Layout), multiplies stages into its accumulators, and hands
+// out its share of the 64-column output tile.
+
+// Shared rows are 36 floats apart: 16-byte reads of 4 (W) or 8 (A) consecutive rows hit distinct
+// bank groups, and cp.async destinations stay 16-byte aligned.
+struct PaddedRows {
+  static constexpr int kStride = kTileK + 4;
+  __device__ static int offset(int r, int kc) { return r * kStride + kc; }
+};
+
+// fp32 FMAs from register tiles. Warps form kNWarps column groups × kKWarps k groups. Lane
+// (ml = lane % kMLanes, ng = lane / kMLanes) of warp (wn, wk) accumulates rows m = ml + kMLanes·i
+// (i < kMPerLane) and columns wn·(8·kNLanes) + ng + kNLanes·j (j < 8) over its k slice of every
+// tile, 4 k per step. kMLanes 8: lane grid 8 × 4, warps 2 × 2 (kMPerLane 8 covers M = 64).
+// kMLanes 4: lane grid 4 × 8, warps 1 × 4: each 16-byte shared read feeds twice the FMAs (fewer
+// shared-memory wavefronts per FMA), for M <= 40.
 template <int kMLanes, int kMPerLane>
-__global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) {
-  constexpr int kNLanes = 32 / kMLanes;
-  constexpr int kWarpN = 8 * kNLanes;
-  constexpr int kNWarps = kTileN / kWarpN;
-  constexpr int kKWarps = (kThreads / 32) / kNWarps;
-  constexpr int kWarpK = kTileK / kKWarps;  // k of each tile one warp multiplies
-  constexpr int kMPad = kMLanes * kMPerLane;
-  constexpr int kStageFloats = (kMPad + kTileN) * kStride;
+struct FmaCore {
+  using Layout = PaddedRows;
+  static constexpr int kMPad = kMLanes * kMPerLane;
+  static constexpr int kNLanes = 32 / kMLanes;
+  static constexpr int kWarpN = 8 * kNLanes;
+  static constexpr int kNWarps = kTileN / kWarpN;
+  static constexpr int kKWarps = (kThreads / 32) / kNWarps;
+  static constexpr int kWarpK = kTileK / kKWarps;  // k of each tile one warp multiplies
   static_assert(kNWarps * kWarpN == kTileN && kKWarps * kWarpK == kTileK && kWarpK % 4 == 0,
                 "tile split");
-  static_assert((kKWarps - 1) * kNWarps * kMPerLane * 8 * 32 <= kStages * kStageFloats,
-                "reduction buffer fits the stages");
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
-  __shared__ unsigned s_last;
-  const int problem = static_cast<int>(blockIdx.x) < args.tiles0 ? 0 : 1;
-  const SkinnyGemmParams& p = args.p[problem];
-  const int tile = static_cast<int>(blockIdx.x) - (problem == 0 ? 0 : args.tiles0);
-  const int split = blockIdx.y;
-  if (split >= p.splits) return;  // the other problem of the launch has more splits
-  const int k_tiles = args.k_tiles[problem];
-  const int n0 = tile * kTileN;
-  const int t_begin = static_cast<int>(static_cast<std::int64_t>(split) * k_tiles / p.splits);
-  const int t_end = static_cast<int>(static_cast<std::int64_t>(split + 1) * k_tiles / p.splits);
-  const int count = t_end - t_begin;
-  const int tid = threadIdx.x;
 
-  auto load_w = [&](int t, int stage) {
-    float* sw = smem + stage * kStageFloats + kMPad * kStride;  // [64, kStride]
-    const int k0 = (t_begin + t) * kTileK;
-#pragma unroll
-    for (int c = tid; c < kTileN * (kTileK / 4); c += kThreads) {
-      const int r = c / (kTileK / 4), kc = (c % (kTileK / 4)) * 4;
-      const bool ok = n0 + r < p.n && k0 + kc < p.k;
-      kernels::cp_async_16(sw + r * kStride + kc,
-                           ok ? p.w + static_cast<std::int64_t>(n0 + r) * p.k + k0 + kc : p.w,
-                           ok ? 16 : 0);
-    }
-  };
-  auto load_a = [&](int t, int stage) {
-    float* sa = smem + stage * kStageFloats;  // [kMPad, kStride]
-    const int k0 = (t_begin + t) * kTileK;
-#pragma unroll
-    for (int c = tid; c < kMPad * (kTileK / 4); c += kThreads) {
-      const int r = c / (kTileK / 4), kc = (c % (kTileK / 4)) * 4;
-      const bool ok = r < p.m && k0 + kc < p.k;
-      kernels::cp_async_16(sa + r * kStride + kc,
-                           ok ? p.a + static_cast<std::int64_t>(r) * p.k + k0 + kc : p.a,
-                           ok ? 16 : 0);
-    }
-  };
-
-  const int warp = tid / 32, lane = tid % 32;
-  const int wn = warp % kNWarps, wk = warp / kNWarps;
-  const int ml = lane % kMLanes, ng = lane / kMLanes;
   float acc[kMPerLane][8];
+  int lane, wn, wk, ml, ng;
+
+  __device__ FmaCore(int warp, int lane_id)
+      : lane(lane_id),
+        wn(warp % kNWarps),
+        wk(warp / kNWarps),
+        ml(lane_id % kMLanes),
+        ng(lane_id / kMLanes) {
 #pragma unroll
-  for (int i = 0; i < kMPerLane; ++i) {
+    for (int i = 0; i < kMPerLane; ++i) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+    }
   }
 
-  // Weights never change between kernels: fetch the first tiles, wait for the previous kernel
-  // (programmatic launch), let the next one start (it prefetches its own weights meanwhile), then
-  // fetch A. Group s holds A tile s (and, in group 0, the first weight tiles).
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < count) load_w(s, s);
-  }
-  kernels::wait_for_previous_grid();
-  kernels::allow_next_grid();
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < count) load_a(s, s);
-    kernels::cp_async_commit();
-  }
-  for (int t = 0; t < count; ++t) {
-    kernels::cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (t + kStages - 1 < count) {
-      load_w(t + kStages - 1, (t + kStages - 1) % kStages);
-      load_a(t + kStages - 1, (t + kStages - 1) % kStages);
-    }
-    kernels::cp_async_commit();
-    const float* sa = smem + (t % kStages) * kStageFloats;
-    const float* sw = sa + kMPad * kStride;
+  __device__ void multiply(const float* sa, const float* sw) {
 #pragma unroll
     for (int kk = 0; kk < kWarpK; kk += 4) {
       const int ko = wk * kWarpK + kk;
       float4 w[8], a[kMPerLane];
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        w[j] =
-            *reinterpret_cast<const float4*>(sw + (wn * kWarpN + ng + kNLanes * j) * kStride + ko);
+        w[j] = *reinterpret_cast<const float4*>(sw +
+                                                Layout::offset(wn * kWarpN + ng + kNLanes * j, ko));
       }
 #pragma unroll
       for (int i = 0; i < kMPerLane; ++i) {
-        a[i] = *reinterpret_cast<const float4*>(sa + (ml + kMLanes * i) * kStride + ko);
+        a[i] = *reinterpret_cast<const float4*>(sa + Layout::offset(ml + kMLanes * i, ko));
       }
       // k component outermost: consecutive FMAs update different accumulators (no dependent
       // chains); each accumulator still sums its k in order.
@@ -170,12 +120,11 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
       }
     }
   }
-  kernels::cp_async_wait<0>();
-  __syncthreads();
 
-  // The k groups join the first one in order: acc(wk = 0) + acc(1) + ... (fixed).
-  if (kKWarps > 1) {
-    float* red = smem;  // [kKWarps - 1][kNWarps][kMPerLane * 8][32 lanes]
+  // The k groups join the first one in order: acc(wk = 0) + acc(1) + ... (fixed). red: the
+  // drained stage buffers.
+  __device__ void join(float* red /*[kKWarps - 1][kNWarps][kMPerLane * 8][32 lanes]*/) {
+    if (kKWarps == 1) return;
     if (wk > 0) {
 #pragma unroll
       for (int i = 0; i < kMPerLane; ++i) {
@@ -199,20 +148,276 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
       }
     }
   }
+  static constexpr int kJoinFloats = (kKWarps - 1) * kNWarps * kMPerLane * 8 * 32;
 
-  if (p.splits == 1) {
-    if (wk == 0) {
+  // f(row m, column of the tile, value) for every output this thread holds after join().
+  template <typename F>
+  __device__ void for_each_output(F&& f) const {
+    if (wk != 0) return;
 #pragma unroll
-      for (int i = 0; i < kMPerLane; ++i) {
+    for (int i = 0; i < kMPerLane; ++i) {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int m = ml + kMLanes * i, n = n0 + wn * kWarpN + ng + kNLanes * j;
-          if (m < p.m && n < p.n) {
-            p.c[static_cast<std::int64_t>(m) * p.n + n] = epilogue(acc[i][j], p, m, n);
-          }
+      for (int j = 0; j < 8; ++j) f(ml + kMLanes * i, wn * kWarpN + ng + kNLanes * j, acc[i][j]);
+    }
+  }
+};
+
+// Rows of 32 floats; the 16-byte chunk c of row r sits at chunk c ^ (4 · (r & 1)), so the
+// tensor core's 16-byte fragment reads (two rows × four chunks per quarter warp) hit all banks.
+struct SwizzledRows {
+  static constexpr int kStride = kTileK;
+  __device__ static int offset(int r, int kc) { return r * kTileK + (kc ^ ((r & 1) << 4)); }
+};
+
+// x ≈ hi + lo: hi is x rounded to TF32's 10 fraction bits (half away from zero, on the bit
+// pattern: cheaper than cvt.rna.tf32, which ptxas expands with an infinity check), lo = x − hi is
+// exact (Sterbenz) and the MMA reads its top 19 bits, so x − hi − lo is below 2⁻²¹ |x|.
+struct Tf32Pair {
+  std::uint32_t hi, lo;
+};
+__device__ __forceinline__ Tf32Pair split_tf32(float x) {
+  const std::uint32_t hi = (__float_as_uint(x) + 0x1000u) & 0xFFFFE000u;
+  return {hi, __float_as_uint(x - __uint_as_float(hi))};
+}
+
+// d += a·b, one m16n8k8 TF32 tensor-core product with fp32 accumulation.
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const std::uint32_t (&a)[4],
+                                         const std::uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// 3xTF32 tensor-core products: W and A are each split into two TF32 parts and lo·hi, hi·lo,
+// hi·hi of each k step are summed in that order (lo·lo, about 2⁻²² of the product, is dropped),
+// then added to the running fp32 sum: about fp32's accuracy at a fraction of the FMA core's
+// instructions. The MMA's M is the tile's weight
+// rows, its N the problem's rows (8 per MMA, kNTiles of them). Warp (wm, wk) multiplies weight
+// rows [32·wm, +32) (two MMA row tiles) by k [16·wk, +16) of every stage; thread (g = lane / 4,
+// t = lane % 4) holds k 4t .. 4t + 3 of that block, the MMA's k t and t + 4 being the first two
+// in one step and the last two in the next (the same permutation for both operands, so the
+// products are unchanged). The two k halves join in order at the end.
+template <int kNTiles>
+struct Tf32x3Core {
+  using Layout = SwizzledRows;
+  static constexpr int kMPad = 8 * kNTiles;
+  static constexpr int kAccPerThread = 2 * kNTiles * 4;
+  static constexpr int kJoinFloats = 2 * kAccPerThread * 32;  // the wk = 1 warps' accumulators
+
+  float acc[2][kNTiles][4];
+  int wm, wk, lane, g, t;
+
+  __device__ Tf32x3Core(int warp, int lane_id)
+      : wm(warp % 2), wk(warp / 2), lane(lane_id), g(lane_id / 4), t(lane_id % 4) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][j][e] = 0.0f;
+      }
+    }
+  }
+
+  __device__ void multiply(const float* sa, const float* sw) {
+    const int k = 16 * wk + 4 * t;
+    Tf32Pair w[2][2][4];  // [row tile][row g or g + 8][k]
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float4 v =
+            *reinterpret_cast<const float4*>(sw + Layout::offset(32 * wm + 16 * mt + 8 * h + g, k));
+        w[mt][h][0] = split_tf32(v.x);
+        w[mt][h][1] = split_tf32(v.y);
+        w[mt][h][2] = split_tf32(v.z);
+        w[mt][h][3] = split_tf32(v.w);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+      const float4 v = *reinterpret_cast<const float4*>(sa + Layout::offset(8 * j + g, k));
+      const Tf32Pair x[4] = {split_tf32(v.x), split_tf32(v.y), split_tf32(v.z), split_tf32(v.w)};
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const std::uint32_t b_hi[2] = {x[2 * s].hi, x[2 * s + 1].hi};
+        const std::uint32_t b_lo[2] = {x[2 * s].lo, x[2 * s + 1].lo};
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const std::uint32_t a_hi[4] = {w[mt][0][2 * s].hi, w[mt][1][2 * s].hi,
+                                         w[mt][0][2 * s + 1].hi, w[mt][1][2 * s + 1].hi};
+          const std::uint32_t a_lo[4] = {w[mt][0][2 * s].lo, w[mt][1][2 * s].lo,
+                                         w[mt][0][2 * s + 1].lo, w[mt][1][2 * s + 1].lo};
+          // The tensor core accumulates with truncation: summing the three products of this
+          // step on their own keeps that error relative to one step's sum, and the running
+          // sum is added in fp32 with rounding (measured: about the FMA core's error).
+          float step[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          mma_tf32(step, a_lo, b_hi);
+          mma_tf32(step, a_hi, b_lo);
+          mma_tf32(step, a_hi, b_hi);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][j][e] += step[e];
         }
       }
     }
+  }
+
+  // k half 1 joins k half 0: acc(wk = 0) + acc(1). red: the drained stage buffers.
+  __device__ void join(float* red /*[2 wm][kAccPerThread][32 lanes]*/) {
+    float* mine = red + wm * kAccPerThread * 32 + lane;
+    if (wk == 1) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) mine[((mt * kNTiles + j) * 4 + e) * 32] = acc[mt][j][e];
+        }
+      }
+    }
+    __syncthreads();
+    if (wk == 0) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][j][e] += mine[((mt * kNTiles + j) * 4 + e) * 32];
+        }
+      }
+    }
+  }
+
+  template <typename F>
+  __device__ void for_each_output(F&& f) const {
+    if (wk != 0) return;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+        const int m = 8 * j + 2 * t, col = 32 * wm + 16 * mt + g;
+        f(m, col, acc[mt][j][0]);
+        f(m + 1, col, acc[mt][j][1]);
+        f(m, col + 8, acc[mt][j][2]);
+        f(m + 1, col + 8, acc[mt][j][3]);
+      }
+    }
+  }
+};
+
+// The cp.async plan of one operand's stage tile ([kRows, 32 k] from rows [row0, row0 + kRows) of
+// a [rows, ld] matrix): chunk i of this thread is tile row r0 + 16·i (r0 = tid / 8), columns
+// kc .. kc + 3. Rows past the matrix and k past ld are zero-filled. Kept to a few registers (the
+// FMA core needs nearly all of them for 3 CTAs per SM): chunk i's addresses are 16 rows apart.
+template <typename Layout, int kRows>
+struct TileCopy {
+  static constexpr int kRowsPerPass = kThreads / (kTileK / 4);
+  static constexpr int kChunks = (kRows + kRowsPerPass - 1) / kRowsPerPass;
+  const float* first;  // matrix row row0 + r0, column kc
+  int ld;
+  int dst;        // stage offset of chunk 0
+  int in_matrix;  // chunks whose row lies in the matrix
+  int in_tile;    // chunks whose row lies in the tile
+  int kc;
+
+  __device__ TileCopy(const float* matrix, int ld_, int row0, int rows, int stage_offset, int tid)
+      : ld(ld_), kc((tid % (kTileK / 4)) * 4) {
+    const int r0 = tid / (kTileK / 4);
+    first = matrix + static_cast<std::int64_t>(row0 + r0) * ld + kc;
+    dst = stage_offset + Layout::offset(r0, kc);
+    in_matrix = max(0, (rows - row0 - r0 + kRowsPerPass - 1) / kRowsPerPass);
+    in_tile = (kRows - r0 + kRowsPerPass - 1) / kRowsPerPass;
+  }
+
+  __device__ void issue(float* stage, int k0) const {
+    const bool k_ok = k0 + kc < ld;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      if (i >= in_tile) break;
+      const bool ok = k_ok && i < in_matrix;
+      const float* src = first + static_cast<std::int64_t>(i) * kRowsPerPass * ld + k0;
+      kernels::cp_async_16(stage + dst + i * kRowsPerPass * Layout::kStride, ok ? src : first,
+                           ok ? 16 : 0);
+    }
+  }
+};
+
+template <typename Core>
+constexpr std::size_t stage_floats() {
+  return std::size_t{Core::kMPad + kTileN} * Core::Layout::kStride;
+}
+
+// One CTA: output columns [64·blockIdx.x, +64) over k tiles [split range of blockIdx.y].
+template <typename Core>
+__global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) {
+  using Layout = typename Core::Layout;
+  constexpr int kMPad = Core::kMPad;
+  constexpr int kStageFloats = static_cast<int>(stage_floats<Core>());
+  static_assert(Core::kJoinFloats <= kStages * kStageFloats, "join buffer fits the stages");
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  __shared__ unsigned s_last;
+  const int problem = static_cast<int>(blockIdx.x) < args.tiles0 ? 0 : 1;
+  const SkinnyGemmParams& p = args.p[problem];
+  const int tile = static_cast<int>(blockIdx.x) - (problem == 0 ? 0 : args.tiles0);
+  const int split = blockIdx.y;
+  if (split >= p.splits) return;  // the other problem of the launch has more splits
+  const int k_tiles = args.k_tiles[problem];
+  const int n0 = tile * kTileN;
+  const int t_begin = static_cast<int>(static_cast<std::int64_t>(split) * k_tiles / p.splits);
+  const int t_end = static_cast<int>(static_cast<std::int64_t>(split + 1) * k_tiles / p.splits);
+  const int count = t_end - t_begin;
+  const int tid = threadIdx.x;
+
+  // Per stage, this thread copies 16-byte chunk columns kc of rows tid / 8 + 16·i: the row
+  // pointers and shared offsets are fixed, only k0 moves.
+  const TileCopy<Layout, kTileN> copy_w(p.w, p.k, n0, p.n, kMPad * Layout::kStride, tid);
+  const TileCopy<Layout, kMPad> copy_a(p.a, p.k, 0, p.m, 0, tid);
+  auto load_w = [&](int t, int stage) {
+    copy_w.issue(smem + stage * kStageFloats, (t_begin + t) * kTileK);
+  };
+  auto load_a = [&](int t, int stage) {
+    copy_a.issue(smem + stage * kStageFloats, (t_begin + t) * kTileK);
+  };
+
+  Core core(tid / 32, tid % 32);
+
+  // Weights never change between kernels: fetch the first tiles, wait for the previous kernel
+  // (programmatic launch), let the next one start (it prefetches its own weights meanwhile), then
+  // fetch A. Group s holds A tile s (and, in group 0, the first weight tiles).
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < count) load_w(s, s);
+  }
+  kernels::wait_for_previous_grid();
+  kernels::allow_next_grid();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < count) load_a(s, s);
+    kernels::cp_async_commit();
+  }
+  for (int t = 0; t < count; ++t) {
+    kernels::cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (t + kStages - 1 < count) {
+      load_w(t + kStages - 1, (t + kStages - 1) % kStages);
+      load_a(t + kStages - 1, (t + kStages - 1) % kStages);
+    }
+    kernels::cp_async_commit();
+    const float* sa = smem + (t % kStages) * kStageFloats;
+    core.multiply(sa, sa + kMPad * Layout::kStride);
+  }
+  kernels::cp_async_wait<0>();
+  __syncthreads();
+  core.join(smem);
+
+  if (p.splits == 1) {
+    core.for_each_output([&](int m, int col, float v) {
+      const int n = n0 + col;
+      if (m < p.m && n < p.n) p.c[static_cast<std::int64_t>(m) * p.n + n] = epilogue(v, p, m, n);
+    });
     return;
   }
 
@@ -221,17 +426,10 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   float* tile_partials =
       args.partials[problem] + static_cast<std::int64_t>(tile) * p.splits * p.m * kTileN;
   unsigned* ticket = args.tickets + (problem == 0 ? 0 : args.tiles0) + tile;
-  if (wk == 0) {
-    float* mine = tile_partials + static_cast<std::int64_t>(split) * p.m * kTileN;
-#pragma unroll
-    for (int i = 0; i < kMPerLane; ++i) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int m = ml + kMLanes * i;
-        if (m < p.m) __stcg(mine + m * kTileN + wn * kWarpN + ng + kNLanes * j, acc[i][j]);
-      }
-    }
-  }
+  float* mine = tile_partials + static_cast<std::int64_t>(split) * p.m * kTileN;
+  core.for_each_output([&](int m, int col, float v) {
+    if (m < p.m) __stcg(mine + m * kTileN + col, v);
+  });
   __threadfence();
   __syncthreads();
   if (tid == 0) s_last = atomicAdd(ticket, 1u) == static_cast<unsigned>(p.splits - 1);
@@ -286,17 +484,18 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   if (tid == 0) *ticket = 0u;
 }
 
-template <int kMLanes, int kMPerLane>
+template <typename Core>
 cudaError_t launch(const KernelArgs& args, int tiles, int splits, cudaStream_t stream) noexcept {
-  constexpr int kMPad = kMLanes * kMPerLane;
-  constexpr std::size_t kSmem = std::size_t{kStages} * (kMPad + kTileN) * kStride * sizeof(float);
-  if (kSmem > 48 * 1024) {
+  constexpr std::size_t kSmem = std::size_t{kStages} * stage_floats<Core>() * sizeof(float);
+  // Past 48 KB of shared memory in all (the kernel's static s_last included) a launch needs the
+  // opt-in; 3xTF32 at M <= 32 asks for exactly 48 KB of dynamic memory.
+  if (kSmem + 1024 > 48 * 1024) {
     const cudaError_t e =
-        cudaFuncSetAttribute(skinny_gemm_kernel<kMLanes, kMPerLane>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
+        cudaFuncSetAttribute(skinny_gemm_kernel<Core>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(kSmem));
     if (e != cudaSuccess) return e;
   }
-  return kernels::launch_kernel(args.p[0].programmatic, skinny_gemm_kernel<kMLanes, kMPerLane>,
+  return kernels::launch_kernel(args.p[0].programmatic, skinny_gemm_kernel<Core>,
                                 dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)),
                                 dim3(kThreads), kSmem, stream, args);
 }
@@ -378,27 +577,47 @@ bool prepare_problem(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& 
   return true;
 }
 
-// Launches args (problems with up to m rows) on the lane grid the first problem asks for.
+// Launches args (problems with up to m rows) on the core and lane grid the first problem asks for.
 cudaError_t launch_for_rows(const KernelArgs& args, int m, int tiles, int splits,
                             cudaStream_t stream) noexcept {
+  if (args.p[0].math == SkinnyGemmMath::kTf32x3) {
+    switch ((m + 7) / 8) {
+      case 1:
+        return launch<Tf32x3Core<1>>(args, tiles, splits, stream);
+      case 2:
+        return launch<Tf32x3Core<2>>(args, tiles, splits, stream);
+      case 3:
+        return launch<Tf32x3Core<3>>(args, tiles, splits, stream);
+      case 4:
+        return launch<Tf32x3Core<4>>(args, tiles, splits, stream);
+      case 5:
+        return launch<Tf32x3Core<5>>(args, tiles, splits, stream);
+      case 6:
+        return launch<Tf32x3Core<6>>(args, tiles, splits, stream);
+      case 7:
+        return launch<Tf32x3Core<7>>(args, tiles, splits, stream);
+      default:
+        return launch<Tf32x3Core<8>>(args, tiles, splits, stream);
+    }
+  }
   const int lane_rows = args.p[0].lane_rows == 0 ? (m <= 40 ? 4 : 8) : args.p[0].lane_rows;
   if (lane_rows == 4 && m <= 40) {
-    if (m <= 4) return launch<4, 1>(args, tiles, splits, stream);
-    if (m <= 8) return launch<4, 2>(args, tiles, splits, stream);
-    if (m <= 16) return launch<4, 4>(args, tiles, splits, stream);
-    if (m <= 24) return launch<4, 6>(args, tiles, splits, stream);
-    if (m <= 32) return launch<4, 8>(args, tiles, splits, stream);
-    if (m <= 36) return launch<4, 9>(args, tiles, splits, stream);
-    return launch<4, 10>(args, tiles, splits, stream);
+    if (m <= 4) return launch<FmaCore<4, 1>>(args, tiles, splits, stream);
+    if (m <= 8) return launch<FmaCore<4, 2>>(args, tiles, splits, stream);
+    if (m <= 16) return launch<FmaCore<4, 4>>(args, tiles, splits, stream);
+    if (m <= 24) return launch<FmaCore<4, 6>>(args, tiles, splits, stream);
+    if (m <= 32) return launch<FmaCore<4, 8>>(args, tiles, splits, stream);
+    if (m <= 36) return launch<FmaCore<4, 9>>(args, tiles, splits, stream);
+    return launch<FmaCore<4, 10>>(args, tiles, splits, stream);
   }
   if (lane_rows != 8 && lane_rows != 4) return cudaErrorInvalidValue;
-  if (m <= 8) return launch<8, 1>(args, tiles, splits, stream);
-  if (m <= 16) return launch<8, 2>(args, tiles, splits, stream);
-  if (m <= 24) return launch<8, 3>(args, tiles, splits, stream);
-  if (m <= 32) return launch<8, 4>(args, tiles, splits, stream);
-  if (m <= 40) return launch<8, 5>(args, tiles, splits, stream);
-  if (m <= 48) return launch<8, 6>(args, tiles, splits, stream);
-  return launch<8, 8>(args, tiles, splits, stream);
+  if (m <= 8) return launch<FmaCore<8, 1>>(args, tiles, splits, stream);
+  if (m <= 16) return launch<FmaCore<8, 2>>(args, tiles, splits, stream);
+  if (m <= 24) return launch<FmaCore<8, 3>>(args, tiles, splits, stream);
+  if (m <= 32) return launch<FmaCore<8, 4>>(args, tiles, splits, stream);
+  if (m <= 40) return launch<FmaCore<8, 5>>(args, tiles, splits, stream);
+  if (m <= 48) return launch<FmaCore<8, 6>>(args, tiles, splits, stream);
+  return launch<FmaCore<8, 8>>(args, tiles, splits, stream);
 }
 
 }  // namespace
@@ -414,7 +633,8 @@ cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspac
 
 cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmParams& second,
                              const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept {
-  if (first.programmatic != second.programmatic || first.lane_rows != second.lane_rows) {
+  if (first.programmatic != second.programmatic || first.lane_rows != second.lane_rows ||
+      first.math != second.math) {
     return cudaErrorInvalidValue;
   }
   KernelArgs args;
@@ -430,8 +650,13 @@ cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmPara
                          std::max(first.splits, second.splits), stream);
 }
 
-LinearGemm::LinearGemm(int max_rows, GemmPath path, int ctas_per_sm, int lane_rows)
-    : path_(path), max_rows_(max_rows), ctas_per_sm_(ctas_per_sm), lane_rows_(lane_rows) {
+LinearGemm::LinearGemm(int max_rows, GemmPath path, int ctas_per_sm, int lane_rows,
+                       SkinnyGemmMath math)
+    : path_(path),
+      max_rows_(max_rows),
+      ctas_per_sm_(ctas_per_sm),
+      lane_rows_(lane_rows),
+      math_(math) {
   INSTANTID_CHECK(lane_rows == 0 || lane_rows == 4 || lane_rows == 8, "LinearGemm: lane_rows: got ",
                   lane_rows, ", expected 0, 4 or 8");
   INSTANTID_CHECK(max_rows >= 1, "LinearGemm: max_rows: got ", max_rows, ", expected >= 1");
@@ -487,6 +712,7 @@ SkinnyGemmParams LinearGemm::skinny_params(const Product& x, int splits) const n
   p.splits = splits;
   p.programmatic = programmatic_;
   p.lane_rows = lane_rows_;
+  p.math = math_;
   return p;
 }
 

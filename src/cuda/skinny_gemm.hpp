@@ -1,12 +1,14 @@
 #pragma once
 // fp32 GEMM for few rows and large weights: C = act(A·Wᵀ + bias) + beta·C with W a PyTorch Linear
-// weight [N, K]. For M <= 64 the work is the weight read plus M fp32 FMAs per weight (at M = 32 an
-// H200's FMA peak is about its copy bandwidth), so the skinny kernel reads every weight once
-// (cp.async 16-byte loads, 64 outputs × 32 k per tile), multiplies with fp32 FMAs from register
-// tiles and splits K over a fixed number of CTAs; the last CTA of an output tile sums the partials
-// in split order (an integer ticket, no float atomics), so results are deterministic for a given
-// device and shape. LinearGemm picks it or falls back to cuBLAS SGEMM (pedantic math, no TF32).
-// Numerical contract and measurements: docs/kernels.md and docs/performance.md ("Resampler").
+// weight [N, K]. For M <= 64 the work is the weight read plus M multiply-adds per weight (at
+// M = 32 an H200's fp32 FMA peak is about its copy bandwidth), so the skinny kernel reads every
+// weight once (cp.async 16-byte loads, 64 outputs × 32 k per stage), multiplies either with 3xTF32
+// tensor-core products (the Resampler's default: fp32-level error, a fraction of the
+// instructions) or with fp32 FMAs from register tiles, and splits K over a fixed number of CTAs;
+// the last CTA of an output tile sums the partials in split order (an integer ticket, no float
+// atomics), so results are deterministic for a given device and shape. LinearGemm picks it or
+// falls back to cuBLAS SGEMM (pedantic math, no TF32). Numerical contract and measurements:
+// docs/kernels.md and docs/performance.md ("Resampler").
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -25,6 +27,11 @@ constexpr int kSkinnyGemmTileK = 32;
 // flight).
 constexpr int kSkinnyGemmCtasPerSm = 3;
 
+// How the skinny kernel multiplies. kTf32x3: W and A are each split into two TF32 parts and three
+// of the four products are taken on tensor cores with fp32 accumulation (error about fp32's,
+// within twice a naive fp32 dot product: docs/kernels.md). kFp32Fma: fp32 FMAs from register tiles.
+enum class SkinnyGemmMath { kFp32Fma, kTf32x3 };
+
 struct SkinnyGemmParams {
   const float* a = nullptr;     // [M, K] row-major, 16-byte aligned
   const float* w = nullptr;     // [N, K] row-major, 16-byte aligned
@@ -41,7 +48,9 @@ struct SkinnyGemmParams {
   bool programmatic = false;
   // Lane grid of a warp, rows × columns: 8 (8 × 4) or 4 (4 × 8, M <= 40 only; larger M uses 8);
   // 0 picks 4 for M <= 40. Speed and the grouping of k partial sums differ, nothing else.
+  // kFp32Fma only.
   int lane_rows = 0;
+  SkinnyGemmMath math = SkinnyGemmMath::kFp32Fma;
 };
 
 // True when the skinny kernel can run this problem (sizes and 16-byte alignment as above).
@@ -71,7 +80,7 @@ cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspac
 // Two independent problems in one kernel (one pipeline fill and drain instead of two): the
 // tickets of the second follow the first's tiles, its partials the first's partial sums. Each
 // problem's results are bit-identical to its own skinny_gemm launch with the same splits. Both
-// must agree on programmatic and lane_rows.
+// must agree on programmatic, lane_rows and math.
 cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmParams& second,
                              const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept;
 
@@ -83,10 +92,11 @@ enum class GemmPath { kAuto, kCublas };
 class LinearGemm {
  public:
   // max_rows bounds M of the problems the skinny kernel takes (larger M goes to cuBLAS);
-  // ctas_per_sm sets its split count (skinny_gemm_splits), lane_rows its lane grid
-  // (SkinnyGemmParams::lane_rows).
+  // ctas_per_sm sets its split count (skinny_gemm_splits), lane_rows and math its multiply
+  // (SkinnyGemmParams).
   explicit LinearGemm(int max_rows, GemmPath path = GemmPath::kAuto,
-                      int ctas_per_sm = kSkinnyGemmCtasPerSm, int lane_rows = 0);
+                      int ctas_per_sm = kSkinnyGemmCtasPerSm, int lane_rows = 0,
+                      SkinnyGemmMath math = SkinnyGemmMath::kFp32Fma);
   ~LinearGemm();
   LinearGemm(const LinearGemm&) = delete;
   LinearGemm& operator=(const LinearGemm&) = delete;
@@ -126,6 +136,7 @@ class LinearGemm {
   int sm_count_ = 0;
   int ctas_per_sm_ = kSkinnyGemmCtasPerSm;
   int lane_rows_ = 0;
+  SkinnyGemmMath math_ = SkinnyGemmMath::kFp32Fma;
   int sm_major_ = 0;
   bool programmatic_ = false;
   cublasHandle_t cublas_ = nullptr;

@@ -24,6 +24,7 @@ namespace {
 using instantid::cuda::DeviceBuffer;
 using instantid::cuda::GemmPath;
 using instantid::cuda::LinearGemm;
+using instantid::cuda::SkinnyGemmMath;
 using instantid::cuda::SkinnyGemmParams;
 using instantid::cuda::SkinnyGemmWorkspace;
 
@@ -203,6 +204,8 @@ TEST_CASE("skinny GEMM matches fp64 within 2x naive fp32 (M 1..64, K 512 / 1280 
           "[cuda][skinny_gemm]") {
   LinearGemm gemm(64);  // lane grid 4 × 8 up to M = 40, then 8 × 4
   LinearGemm gemm8(64, GemmPath::kAuto, instantid::cuda::kSkinnyGemmCtasPerSm, 8);  // 8 × 4 always
+  LinearGemm tf32(64, GemmPath::kAuto, instantid::cuda::kSkinnyGemmCtasPerSm, 0,
+                  SkinnyGemmMath::kTf32x3);
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
   std::uint32_t seed = 100;
@@ -223,6 +226,10 @@ TEST_CASE("skinny GEMM matches fp64 within 2x naive fp32 (M 1..64, K 512 / 1280 
       const std::vector<float> again = run_linear(gemm, p, d, stream);
       CHECK(std::memcmp(got.data(), again.data(), got.size() * 4) == 0);
       if (m <= 40) check_accuracy(p, run_linear(gemm8, p, d, stream), "skinny8");
+      const std::vector<float> tensor = run_linear(tf32, p, d, stream);
+      check_accuracy(p, tensor, "3xtf32");
+      const std::vector<float> tensor_again = run_linear(tf32, p, d, stream);
+      CHECK(std::memcmp(tensor.data(), tensor_again.data(), tensor.size() * 4) == 0);
     }
   }
   cudaStreamDestroy(stream);
@@ -242,10 +249,13 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
     std::vector<int> splits = {1, 2, 3, k_tiles / 2, k_tiles - 1, k_tiles};
     splits.push_back(instantid::cuda::skinny_gemm_splits(p.n, p.k, sm_count()));
     for (int sp : splits) {
-      for (int lane_rows : {4, 8}) {
+      for (int variant = 0; variant < 3; ++variant) {  // FMA lane grids 4 × 8 and 8 × 4, 3xTF32
         if (sp < 1 || sp > k_tiles) continue;
+        const int lane_rows = variant == 1 ? 8 : 4;
+        const SkinnyGemmMath math =
+            variant == 2 ? SkinnyGemmMath::kTf32x3 : SkinnyGemmMath::kFp32Fma;
         INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << sp << " lane rows "
-                  << lane_rows);
+                  << lane_rows << " 3xTF32 " << (variant == 2));
         const int tiles = instantid::cuda::skinny_gemm_tiles(p.n);
         const std::size_t partials = instantid::cuda::skinny_gemm_partials_count(p.m, p.n, sp);
         CHECK((partials > 0) == (sp > 1));
@@ -269,6 +279,7 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
           params.beta = p.beta;
           params.splits = sp;
           params.lane_rows = lane_rows;
+          params.math = math;
           REQUIRE(instantid::cuda::skinny_gemm(params, ws, nullptr) == cudaSuccess);
           REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
           const std::vector<float> got = d.download(p);
@@ -298,10 +309,15 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_p
     DeviceProblem d0(p[0]), d1(p[1]);
     DeviceProblem* d[2] = {&d0, &d1};
     const int k_tiles[2] = {(p[0].k + 31) / 32, (p[1].k + 31) / 32};
-    for (const auto& sp : {std::pair<int, int>{1, 1}, std::pair<int, int>{3, 1},
-                           std::pair<int, int>{2, k_tiles[1]}}) {
+    for (const auto& [sp, math] :
+         {std::make_pair(std::pair<int, int>{1, 1}, SkinnyGemmMath::kFp32Fma),
+          std::make_pair(std::pair<int, int>{3, 1}, SkinnyGemmMath::kFp32Fma),
+          std::make_pair(std::pair<int, int>{2, k_tiles[1]}, SkinnyGemmMath::kFp32Fma),
+          std::make_pair(std::pair<int, int>{1, 1}, SkinnyGemmMath::kTf32x3),
+          std::make_pair(std::pair<int, int>{3, k_tiles[1]}, SkinnyGemmMath::kTf32x3)}) {
       const int splits[2] = {std::min(sp.first, k_tiles[0]), std::min(sp.second, k_tiles[1])};
-      INFO("M " << p[0].m << "/" << p[1].m << " splits " << splits[0] << "/" << splits[1]);
+      INFO("M " << p[0].m << "/" << p[1].m << " splits " << splits[0] << "/" << splits[1]
+                << " 3xTF32 " << (math == SkinnyGemmMath::kTf32x3));
       int tiles = 0;
       std::size_t partials = 0;
       for (int i = 0; i < 2; ++i) {
@@ -326,6 +342,7 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_p
         params[i].n = p[i].n;
         params[i].k = p[i].k;
         params[i].splits = splits[i];
+        params[i].math = math;
         REQUIRE(instantid::cuda::skinny_gemm(params[i], ws, nullptr) == cudaSuccess);
         REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
         alone[i] = d[i]->download(p[i]);
@@ -345,6 +362,12 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_p
       REQUIRE(cudaMemcpy(left.data(), tickets.data(), tickets.bytes(), cudaMemcpyDeviceToHost) ==
               cudaSuccess);
       for (unsigned t : left) CHECK(t == 0u);
+      // The two problems must multiply the same way.
+      SkinnyGemmParams mixed = params[1];
+      mixed.math =
+          math == SkinnyGemmMath::kTf32x3 ? SkinnyGemmMath::kFp32Fma : SkinnyGemmMath::kTf32x3;
+      CHECK(instantid::cuda::skinny_gemm_pair(params[0], mixed, ws, nullptr) ==
+            cudaErrorInvalidValue);
       // Too small a workspace for the second problem: refused, nothing launched.
       if (partials > 0) {
         SkinnyGemmWorkspace small = ws;
@@ -354,13 +377,18 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_p
       }
     }
     // LinearGemm::run_pair (its own split counts) against fp64, the 2× naive fp32 rule.
-    LinearGemm gemm(64);
-    for (int i = 0; i < 2; ++i) d[i]->reset(p[i]);
-    gemm.run_pair({d0.a.as<float>(), d0.w.as<float>(), d0.c.as<float>(), p[0].m, p[0].n, p[0].k},
-                  {d1.a.as<float>(), d1.w.as<float>(), d1.c.as<float>(), p[1].m, p[1].n, p[1].k},
-                  nullptr);
-    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-    for (int i = 0; i < 2; ++i) check_accuracy(p[i], d[i]->download(p[i]), "pair");
+    for (SkinnyGemmMath math : {SkinnyGemmMath::kFp32Fma, SkinnyGemmMath::kTf32x3}) {
+      LinearGemm gemm(64, GemmPath::kAuto, instantid::cuda::kSkinnyGemmCtasPerSm, 0, math);
+      for (int i = 0; i < 2; ++i) d[i]->reset(p[i]);
+      gemm.run_pair({d0.a.as<float>(), d0.w.as<float>(), d0.c.as<float>(), p[0].m, p[0].n, p[0].k},
+                    {d1.a.as<float>(), d1.w.as<float>(), d1.c.as<float>(), p[1].m, p[1].n, p[1].k},
+                    nullptr);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      for (int i = 0; i < 2; ++i) {
+        check_accuracy(p[i], d[i]->download(p[i]),
+                       math == SkinnyGemmMath::kTf32x3 ? "pair-tf32" : "pair");
+      }
+    }
   }
 }
 
@@ -457,7 +485,10 @@ TEST_CASE("skinny GEMM argument checks", "[cuda][skinny_gemm]") {
 
 TEST_CASE("skinny GEMM replays from a CUDA graph bit-identically (programmatic launches)",
           "[cuda][skinny_gemm]") {
-  LinearGemm gemm(34, GemmPath::kAuto, 8);  // 8 CTAs per SM: both launches split K
+  const SkinnyGemmMath math = GENERATE(SkinnyGemmMath::kFp32Fma, SkinnyGemmMath::kTf32x3);
+  INFO("3xTF32 " << (math == SkinnyGemmMath::kTf32x3));
+  // 8 CTAs per SM: both launches split K
+  LinearGemm gemm(34, GemmPath::kAuto, 8, 0, math);
   gemm.set_programmatic(true);  // the second launch starts early and waits for the first
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
