@@ -484,20 +484,38 @@ instantid::InstantIDModel resampler_weights(const instantid::ModelLayout& layout
   return instantid::InstantIDModel::synthetic(resampler_only, d_out, 5);
 }
 
-// The Resampler with its default GEMMs (skinny fp32 kernel, programmatic launches) and with
-// the cuBLAS SGEMM path, in the same process.
+// The Resampler with its default GEMMs (skinny kernel, programmatic launches), with the skinny
+// kernel's other multiply and with the cuBLAS SGEMM path, in the same process.
 void bench_resampler(cudaStream_t stream) {
   const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
   const int d_out = 2048, batch = 2;
   const instantid::InstantIDModel w = resampler_weights(layout, d_out);
   double weight_bytes = 0;
   for (const auto& kv : w.tensors()) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
-  for (bool cublas : {false, true}) {
+  using instantid::cuda::SkinnyGemmMath;
+  const instantid::cuda::GpuResamplerOptions defaults;
+  const SkinnyGemmMath other = defaults.gemm_math == SkinnyGemmMath::kTf32x3
+                                   ? SkinnyGemmMath::kFp32Fma
+                                   : SkinnyGemmMath::kTf32x3;
+  const auto math_name = [](SkinnyGemmMath m) {
+    return m == SkinnyGemmMath::kTf32x3 ? "3xTF32 tensor cores" : "fp32 FMA";
+  };
+  for (int variant = 0; variant < 3; ++variant) {
     instantid::cuda::GpuResamplerOptions options;
     if (g_resampler_ctas_per_sm > 0) options.ctas_per_sm = g_resampler_ctas_per_sm;
-    if (cublas) {
+    std::string name = "resampler_cond_uncond", dtype;
+    if (variant == 1) {
+      options.gemm_math = other;
+      name += other == SkinnyGemmMath::kTf32x3 ? "_tf32x3" : "_fp32_fma";
+    }
+    if (variant == 2) {
       options.gemm_path = instantid::cuda::GemmPath::kCublas;
       options.programmatic = false;
+      name += "_cublas_path";
+      dtype = "f32 (cuBLAS SGEMM, no TF32, plain launches)";
+    } else {
+      dtype = std::string("f32 (skinny GEMM, ") + math_name(options.gemm_math) +
+              ", programmatic launches)";
     }
     instantid::cuda::GpuResampler gpu(
         layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.image_proj(s); },
@@ -508,11 +526,8 @@ void bench_resampler(cudaStream_t stream) {
     cudaGraphExec_t exec =
         capture(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
     const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
-    row(cublas ? "resampler_cond_uncond_cublas_path" : "resampler_cond_uncond", s, weight_bytes,
-        cublas ? ", \"batch\": 2, \"dtype\": \"f32 (cuBLAS SGEMM, no TF32, plain launches)\", "
-                 "\"note\": \"bytes = weights read\""
-               : ", \"batch\": 2, \"dtype\": \"f32 (skinny GEMM, programmatic launches)\", "
-                 "\"note\": \"bytes = weights read\"");
+    row(name, s, weight_bytes,
+        ", \"batch\": 2, \"dtype\": \"" + dtype + "\", \"note\": \"bytes = weights read\"");
     cudaGraphExecDestroy(exec);
   }
 }

@@ -13,8 +13,9 @@ namespace instantid::cuda {
 namespace {
 
 constexpr int kNormThreads = 256;
-constexpr int kNormPerThread = 8;  // columns a thread holds per chunk (2048 per chunk)
-constexpr int kMaxKeys = 64;       // perceiver keys per batch row held in shared memory (T + 16)
+constexpr int kNormPerThread = 16;  // columns a thread holds: rows up to kNormMaxCols
+constexpr int kNormMaxCols = kNormThreads * kNormPerThread;
+constexpr int kMaxKeys = 64;  // perceiver keys per batch row held in shared memory (T + 16)
 constexpr int kAttnDimHead = 64;
 
 // Programmatic dependent launch (sm_90+): every kernel of run() lets the next one start early
@@ -40,28 +41,31 @@ struct NormJob {
 };
 
 // Blocks [0, first.rows) normalise rows of `first`, the following ones rows of `second` (two
-// LayerNorms of one perceiver layer in one launch).
+// LayerNorms of one perceiver layer in one launch). A row (cols <= kNormMaxCols) is read once into
+// registers; weight and bias never change, so they are loaded before the wait for the previous
+// kernel. Each thread adds its columns in increasing order.
 __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
-  chain_start();
   __shared__ float partial[kNormThreads / 32];
   __shared__ float stat;
   const bool is_first = static_cast<int>(blockIdx.x) < first.rows;
   const NormJob& job = is_first ? first : second;
   const int r = is_first ? static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x) - first.rows;
-  const float* in = job.in;
-  const float* weight = job.weight;
-  const float* bias = job.bias;
-  const int group = job.group;
-  float* out = job.out;
-  float* out2 = job.out2;
-  const float* x = in + static_cast<std::int64_t>(job.in_rows > 0 ? r % job.in_rows : r) * cols;
-  auto block_sum = [&](float v) {
-    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+  const int tid = static_cast<int>(threadIdx.x);
+  float w[kNormPerThread], b[kNormPerThread], v[kNormPerThread];
+#pragma unroll
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int c = tid + k * kNormThreads;
+    w[k] = c < cols ? job.weight[c] : 0.0f;
+    b[k] = c < cols ? job.bias[c] : 0.0f;
+  }
+  chain_start();
+  auto block_sum = [&](float x) {
+    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+    if (tid % 32 == 0) partial[tid / 32] = x;
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (tid == 0) {
       float s = 0.0f;
-      for (int w = 0; w < kNormThreads / 32; ++w) s += partial[w];
+      for (int i = 0; i < kNormThreads / 32; ++i) s += partial[i];
       stat = s;
     }
     __syncthreads();
@@ -69,62 +73,37 @@ __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
     __syncthreads();
     return result;
   };
-  // Columns go through registers kNormPerThread at a time: every load of a chunk is issued before
-  // any store (the stores may alias the inputs as far as the compiler knows), so a chunk costs one
-  // memory round trip. Each thread still adds its columns in increasing order.
-  constexpr int kChunk = kNormThreads * kNormPerThread;
-  const int tid = static_cast<int>(threadIdx.x);
+  const float* x = job.in + static_cast<std::int64_t>(job.in_rows > 0 ? r % job.in_rows : r) * cols;
+#pragma unroll
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int c = tid + k * kNormThreads;
+    v[k] = c < cols ? x[c] : 0.0f;
+  }
   float sum = 0.0f;
-  for (int c0 = 0; c0 < cols; c0 += kChunk) {
-    float v[kNormPerThread];
 #pragma unroll
-    for (int k = 0; k < kNormPerThread; ++k) {
-      const int c = c0 + tid + k * kNormThreads;
-      v[k] = c < cols ? x[c] : 0.0f;
-    }
-#pragma unroll
-    for (int k = 0; k < kNormPerThread; ++k) {
-      const int c = c0 + tid + k * kNormThreads;
-      if (c >= cols) continue;
-      sum += v[k];
-      if (job.copy != nullptr) job.copy[static_cast<std::int64_t>(r) * cols + c] = v[k];
-    }
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int c = tid + k * kNormThreads;
+    if (c >= cols) continue;
+    sum += v[k];
+    if (job.copy != nullptr) job.copy[static_cast<std::int64_t>(r) * cols + c] = v[k];
   }
   const float mean = block_sum(sum) / static_cast<float>(cols);
   float sq = 0.0f;
-  for (int c0 = 0; c0 < cols; c0 += kChunk) {
-    float v[kNormPerThread];
 #pragma unroll
-    for (int k = 0; k < kNormPerThread; ++k) {
-      const int c = c0 + tid + k * kNormThreads;
-      v[k] = c < cols ? x[c] - mean : 0.0f;
-    }
-#pragma unroll
-    for (int k = 0; k < kNormPerThread; ++k) {
-      if (c0 + tid + k * kNormThreads < cols) sq += v[k] * v[k];
-    }
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const float d = tid + k * kNormThreads < cols ? v[k] - mean : 0.0f;
+    sq += d * d;
   }
   const float inv = rsqrtf(block_sum(sq) / static_cast<float>(cols) + 1e-5f);
-  const std::int64_t out_row =
-      static_cast<std::int64_t>(r / group) * job.out_group_stride + job.out_offset + r % group;
-  for (int c0 = 0; c0 < cols; c0 += kChunk) {
-    float v[kNormPerThread], w[kNormPerThread], b[kNormPerThread];
+  const std::int64_t out_row = static_cast<std::int64_t>(r / job.group) * job.out_group_stride +
+                               job.out_offset + r % job.group;
 #pragma unroll
-    for (int k = 0; k < kNormPerThread; ++k) {
-      const int c = c0 + tid + k * kNormThreads;
-      const bool in_row = c < cols;
-      v[k] = in_row ? x[c] : 0.0f;
-      w[k] = in_row ? weight[c] : 0.0f;
-      b[k] = in_row ? bias[c] : 0.0f;
-    }
-#pragma unroll
-    for (int k = 0; k < kNormPerThread; ++k) {
-      const int c = c0 + tid + k * kNormThreads;
-      if (c >= cols) continue;
-      const float y = (v[k] - mean) * inv * w[k] + b[k];
-      out[out_row * cols + c] = y;
-      if (out2 != nullptr) out2[static_cast<std::int64_t>(r) * cols + c] = y;
-    }
+  for (int k = 0; k < kNormPerThread; ++k) {
+    const int c = tid + k * kNormThreads;
+    if (c >= cols) continue;
+    const float y = (v[k] - mean) * inv * w[k] + b[k];
+    job.out[out_row * cols + c] = y;
+    if (job.out2 != nullptr) job.out2[static_cast<std::int64_t>(r) * cols + c] = y;
   }
 }
 
@@ -153,15 +132,20 @@ __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
     s_k[j * kStride + d] = row[h * kAttnDimHead + d];
     s_v[j][d] = row[inner + h * kAttnDimHead + d];
   }
-  __syncthreads();
+  // Each lane holds dims lane and lane + 32 of its warp's query, fetched while K/V land.
   const int qi = blockIdx.z * kAttnQueriesPerBlock + warp;
-  if (qi >= num_queries) return;
-  const float* qrow =
-      q + (static_cast<std::int64_t>(b) * num_queries + qi) * inner + h * kAttnDimHead;
+  const bool has_query = qi < num_queries;
+  const float* qrow = q +
+                      (static_cast<std::int64_t>(b) * num_queries + (has_query ? qi : 0)) * inner +
+                      h * kAttnDimHead;
+  const float q_lo = has_query ? qrow[lane] : 0.0f, q_hi = has_query ? qrow[lane + 32] : 0.0f;
+  __syncthreads();
+  if (!has_query) return;
   const int j0 = lane, j1 = lane + 32;
   float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll 8
   for (int d = 0; d < kAttnDimHead; ++d) {
-    const float qd = qrow[d];
+    const float qd = __shfl_sync(0xffffffffu, d < 32 ? q_lo : q_hi, d % 32);
     if (j0 < keys) s0 = fmaf(qd, s_k[j0 * kStride + d], s0);
     if (j1 < keys) s1 = fmaf(qd, s_k[j1 * kStride + d], s1);
   }
@@ -239,6 +223,9 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
                   "GpuResampler: tokens per input: got ", max_tokens, ", expected 1..",
                   kMaxKeys - layout.num_queries);
   INSTANTID_CHECK(max_batch >= 1, "GpuResampler: max_batch: got ", max_batch, ", expected >= 1");
+  INSTANTID_CHECK(dim <= kNormMaxCols && output_dim >= 1 && output_dim <= kNormMaxCols,
+                  "GpuResampler: widths: got dim ", dim, " and output_dim ", output_dim,
+                  ", expected 1..", kNormMaxCols, " (LayerNorm rows are held in registers)");
 
   struct Entry {
     std::string name;
@@ -316,7 +303,7 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
 
   // The largest GEMM has the kv rows: batch · (tokens + 16).
   gemm_ = std::make_unique<LinearGemm>(static_cast<int>(kv_rows), options.gemm_path,
-                                       options.ctas_per_sm, options.lane_rows);
+                                       options.ctas_per_sm, options.lane_rows, options.gemm_math);
   programmatic_ = programmatic_launch_wanted(options.programmatic);
   gemm_->set_programmatic(programmatic_);
 }

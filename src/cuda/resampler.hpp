@@ -27,7 +27,8 @@ struct GpuResamplerOptions {
   GemmPath gemm_path = GemmPath::kAuto;    // kCublas: cuBLAS for every linear layer
   int ctas_per_sm = kSkinnyGemmCtasPerSm;  // skinny GEMM split count (skinny_gemm_splits)
   int lane_rows = 0;                       // skinny GEMM lane grid (SkinnyGemmParams)
-  bool programmatic = true;                // programmatic dependent launches on sm_90+
+  SkinnyGemmMath gemm_math = SkinnyGemmMath::kTf32x3;  // skinny GEMM multiply (SkinnyGemmParams)
+  bool programmatic = true;                             // programmatic dependent launches on sm_90+
 };
 
 class GpuResampler {

@@ -34,17 +34,21 @@ Weights random_weights(const ModelLayout& layout, int d_out, std::uint64_t seed)
   return w;
 }
 
-using Mat = std::vector<double>;  // row-major
+// Spec §3 on the host in T: fp64 for the reference, fp32 for the naive implementation the
+// tolerance is stated against (one sequential dot product per output, as the skinny GEMM's test).
+template <typename T>
+using Mat = std::vector<T>;  // row-major
 
 // y [rows, out] = x [rows, in] · wᵀ
-Mat linear(const Mat& x, int rows, int in, const HostTensor& w, const HostTensor* bias) {
+template <typename T>
+Mat<T> linear(const Mat<T>& x, int rows, int in, const HostTensor& w, const HostTensor* bias) {
   const int out = static_cast<int>(w.size(0));
-  Mat y(static_cast<std::size_t>(rows) * out);
+  Mat<T> y(static_cast<std::size_t>(rows) * out);
   for (int r = 0; r < rows; ++r) {
     for (int o = 0; o < out; ++o) {
-      double acc = bias ? bias->data()[o] : 0.0;
+      T acc = bias ? static_cast<T>(bias->data()[o]) : T(0);
       const float* wr = w.data() + static_cast<std::size_t>(o) * in;
-      const double* xr = x.data() + static_cast<std::size_t>(r) * in;
+      const T* xr = x.data() + static_cast<std::size_t>(r) * in;
       for (int i = 0; i < in; ++i) acc += xr[i] * wr[i];
       y[static_cast<std::size_t>(r) * out + o] = acc;
     }
@@ -52,63 +56,65 @@ Mat linear(const Mat& x, int rows, int in, const HostTensor& w, const HostTensor
   return y;
 }
 
-Mat layer_norm(const Mat& x, int rows, int cols, const HostTensor& w, const HostTensor& b) {
-  Mat y(x.size());
+template <typename T>
+Mat<T> layer_norm(const Mat<T>& x, int rows, int cols, const HostTensor& w, const HostTensor& b) {
+  Mat<T> y(x.size());
   for (int r = 0; r < rows; ++r) {
-    const double* xr = x.data() + static_cast<std::size_t>(r) * cols;
-    double mean = 0, var = 0;
+    const T* xr = x.data() + static_cast<std::size_t>(r) * cols;
+    T mean = 0, var = 0;
     for (int c = 0; c < cols; ++c) mean += xr[c];
     mean /= cols;
     for (int c = 0; c < cols; ++c) var += (xr[c] - mean) * (xr[c] - mean);
     var /= cols;
     for (int c = 0; c < cols; ++c)
       y[static_cast<std::size_t>(r) * cols + c] =
-          (xr[c] - mean) / std::sqrt(var + 1e-5) * w.data()[c] + b.data()[c];
+          (xr[c] - mean) / std::sqrt(var + T(1e-5)) * w.data()[c] + b.data()[c];
   }
   return y;
 }
 
-// Spec §3 in fp64: x [B, T, E] → [B, 16, D_out].
-Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<float>& x_in,
-                   int batch, int tokens) {
+// x [B, T, E] → [B, 16, D_out].
+template <typename T>
+Mat<T> resampler_host(const ModelLayout& L, const Weights& w, const std::vector<float>& x_in,
+                      int batch, int tokens) {
   auto W = [&](const std::string& n) -> const HostTensor& { return w.at(n); };
   const int dim = L.dim, inner = L.heads * L.dim_head, nq = L.num_queries, keys = tokens + nq;
-  Mat x(x_in.begin(), x_in.end());
-  Mat xp = linear(x, batch * tokens, L.embed_dim, W("proj_in.weight"), &W("proj_in.bias"));
-  Mat lat(static_cast<std::size_t>(batch) * nq * dim);
+  Mat<T> x(x_in.begin(), x_in.end());
+  Mat<T> xp = linear(x, batch * tokens, L.embed_dim, W("proj_in.weight"), &W("proj_in.bias"));
+  Mat<T> lat(static_cast<std::size_t>(batch) * nq * dim);
   for (std::size_t i = 0; i < lat.size(); ++i)
     lat[i] = W("latents").data()[i % (static_cast<std::size_t>(nq) * dim)];
   for (int i = 0; i < L.depth; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
-    Mat xn = layer_norm(xp, batch * tokens, dim, W(p + "0.norm1.weight"), W(p + "0.norm1.bias"));
-    Mat ln = layer_norm(lat, batch * nq, dim, W(p + "0.norm2.weight"), W(p + "0.norm2.bias"));
-    Mat q = linear(ln, batch * nq, dim, W(p + "0.to_q.weight"), nullptr);
-    Mat kv_in(static_cast<std::size_t>(batch) * keys * dim);
+    Mat<T> xn = layer_norm(xp, batch * tokens, dim, W(p + "0.norm1.weight"), W(p + "0.norm1.bias"));
+    Mat<T> ln = layer_norm(lat, batch * nq, dim, W(p + "0.norm2.weight"), W(p + "0.norm2.bias"));
+    Mat<T> q = linear(ln, batch * nq, dim, W(p + "0.to_q.weight"), nullptr);
+    Mat<T> kv_in(static_cast<std::size_t>(batch) * keys * dim);
     for (int b = 0; b < batch; ++b) {
       for (int t = 0; t < keys; ++t) {
-        const double* src = t < tokens ? &xn[(static_cast<std::size_t>(b) * tokens + t) * dim]
-                                       : &ln[(static_cast<std::size_t>(b) * nq + t - tokens) * dim];
+        const T* src = t < tokens ? &xn[(static_cast<std::size_t>(b) * tokens + t) * dim]
+                                  : &ln[(static_cast<std::size_t>(b) * nq + t - tokens) * dim];
         std::copy(src, src + dim, &kv_in[(static_cast<std::size_t>(b) * keys + t) * dim]);
       }
     }
-    Mat kv = linear(kv_in, batch * keys, dim, W(p + "0.to_kv.weight"), nullptr);
-    Mat attn(static_cast<std::size_t>(batch) * nq * inner);
+    Mat<T> kv = linear(kv_in, batch * keys, dim, W(p + "0.to_kv.weight"), nullptr);
+    Mat<T> attn(static_cast<std::size_t>(batch) * nq * inner);
     for (int b = 0; b < batch; ++b) {
       for (int h = 0; h < L.heads; ++h) {
         for (int qi = 0; qi < nq; ++qi) {
-          std::vector<double> s(static_cast<std::size_t>(keys));
-          double m = -INFINITY, l = 0;
+          std::vector<T> s(static_cast<std::size_t>(keys));
+          T m = -INFINITY, l = 0;
           for (int j = 0; j < keys; ++j) {
-            double acc = 0;
+            T acc = 0;
             for (int e = 0; e < L.dim_head; ++e)
               acc += q[(static_cast<std::size_t>(b) * nq + qi) * inner + h * L.dim_head + e] *
                      kv[(static_cast<std::size_t>(b) * keys + j) * 2 * inner + h * L.dim_head + e];
-            s[j] = acc / std::sqrt(static_cast<double>(L.dim_head));
+            s[j] = acc / std::sqrt(static_cast<T>(L.dim_head));
             m = std::max(m, s[j]);
           }
-          for (double& e : s) l += (e = std::exp(e - m));
+          for (T& e : s) l += (e = std::exp(e - m));
           for (int e = 0; e < L.dim_head; ++e) {
-            double acc = 0;
+            T acc = 0;
             for (int j = 0; j < keys; ++j)
               acc += s[j] / l *
                      kv[(static_cast<std::size_t>(b) * keys + j) * 2 * inner + inner +
@@ -118,22 +124,23 @@ Mat resampler_fp64(const ModelLayout& L, const Weights& w, const std::vector<flo
         }
       }
     }
-    Mat o = linear(attn, batch * nq, inner, W(p + "0.to_out.weight"), nullptr);
+    Mat<T> o = linear(attn, batch * nq, inner, W(p + "0.to_out.weight"), nullptr);
     for (std::size_t e = 0; e < lat.size(); ++e) lat[e] += o[e];
-    Mat f = linear(layer_norm(lat, batch * nq, dim, W(p + "1.0.weight"), W(p + "1.0.bias")),
-                   batch * nq, dim, W(p + "1.1.weight"), nullptr);
-    for (double& e : f) e = 0.5 * e * (1.0 + std::erf(e / std::sqrt(2.0)));
-    Mat g = linear(f, batch * nq, dim * L.ff_mult, W(p + "1.3.weight"), nullptr);
+    Mat<T> f = linear(layer_norm(lat, batch * nq, dim, W(p + "1.0.weight"), W(p + "1.0.bias")),
+                      batch * nq, dim, W(p + "1.1.weight"), nullptr);
+    for (T& e : f) e = T(0.5) * e * (T(1) + std::erf(e / std::sqrt(T(2))));
+    Mat<T> g = linear(f, batch * nq, dim * L.ff_mult, W(p + "1.3.weight"), nullptr);
     for (std::size_t e = 0; e < lat.size(); ++e) lat[e] += g[e];
   }
   const int d_out = static_cast<int>(W("proj_out.weight").size(0));
-  Mat y = linear(lat, batch * nq, dim, W("proj_out.weight"), &W("proj_out.bias"));
+  Mat<T> y = linear(lat, batch * nq, dim, W("proj_out.weight"), &W("proj_out.bias"));
   return layer_norm(y, batch * nq, d_out, W("norm_out.weight"), W("norm_out.bias"));
 }
 
-void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens,
-                     instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto,
-                     bool programmatic = true) {
+void check_resampler(
+    const ModelLayout& layout, int d_out, int batch, int tokens,
+    instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto, bool programmatic = true,
+    instantid::cuda::SkinnyGemmMath math = instantid::cuda::GpuResamplerOptions{}.gemm_math) {
   const bool cublas = path == instantid::cuda::GemmPath::kCublas;
   INFO("dim " << layout.dim << " D_out " << d_out << " batch " << batch << " tokens " << tokens
               << (cublas ? " cuBLAS" : " skinny GEMM"));
@@ -149,6 +156,7 @@ void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens
         instantid::cuda::GpuResamplerOptions o;
         o.gemm_path = path;
         o.programmatic = programmatic;
+        o.gemm_math = math;
         return o;
       }());
   CHECK(gpu.gemm_path() == path);
@@ -162,18 +170,26 @@ void check_resampler(const ModelLayout& layout, int d_out, int batch, int tokens
   REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
   std::vector<float> y(out_elems);
   REQUIRE(cudaMemcpy(y.data(), yd.data(), out_elems * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
-  const Mat ref = resampler_fp64(layout, w, x, batch, tokens);
-  double err = 0, ref_max = 0;
+  const Mat<double> ref = resampler_host<double>(layout, w, x, batch, tokens);
+  const Mat<float> naive = resampler_host<float>(layout, w, x, batch, tokens);
+  double err = 0, naive_err = 0, ref_max = 0;
   for (std::size_t i = 0; i < out_elems; ++i) {
     err = std::max(err, std::abs(y[i] - ref[i]));
+    naive_err = std::max(naive_err, std::abs(naive[i] - ref[i]));
     ref_max = std::max(ref_max, std::abs(ref[i]));
   }
   std::printf(
-      "resampler %s%s dim %d D_out %d batch %d tokens %d: max|err| vs fp64 %.3e (|ref| <= %.2f)\n",
-      cublas ? "cuBLAS" : "skinny", gpu.programmatic_launch() ? " PDL" : "", layout.dim, d_out,
-      batch, tokens, err, ref_max);
+      "resampler %s%s dim %d D_out %d batch %d tokens %d: max|err| vs fp64 %.3e, naive fp32 %.3e "
+      "(|ref| <= %.2f)\n",
+      cublas                                             ? "cuBLAS"
+      : math == instantid::cuda::SkinnyGemmMath::kTf32x3 ? "skinny 3xTF32"
+                                                         : "skinny",
+      gpu.programmatic_launch() ? " PDL" : "", layout.dim, d_out, batch, tokens, err, naive_err,
+      ref_max);
   CHECK(ref_max > 0.5);
   CHECK(err < 2e-4 * std::max(1.0, ref_max));
+  CHECK(naive_err > 0.0);
+  CHECK(err <= 2.0 * naive_err);  // the flash-attention rule, as for every GPU kernel
 
   // Capture run() in a graph and replay: bit-identical to the eager result.
   cudaGraph_t graph = nullptr;
@@ -211,6 +227,9 @@ TEST_CASE("GPU Resampler matches fp64 at SDXL sizes (random weights)", "[cuda][r
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kCublas);
   // Plain launches instead of programmatic dependent ones.
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, false);
+  // The skinny GEMM's fp32 FMA multiply (the default is 3xTF32).
+  check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, true,
+                  instantid::cuda::SkinnyGemmMath::kFp32Fma);
 }
 
 TEST_CASE("GPU Resampler: more tokens, one input and widths off the 64 × 32 tile grid",
@@ -220,6 +239,8 @@ TEST_CASE("GPU Resampler: more tokens, one input and widths off the 64 × 32 til
   check_resampler(ModelLayout::reduced(10, 64, 128, 2), 96, 1, 24);
   // Widths that leave partial 64-column and 32-k tiles: embed 36, dim 192, D_out 100.
   check_resampler(ModelLayout::reduced(10, 36, 192, 3), 100, 2, 1);
+  check_resampler(ModelLayout::reduced(10, 36, 192, 3), 100, 2, 1, instantid::cuda::GemmPath::kAuto,
+                  true, instantid::cuda::SkinnyGemmMath::kFp32Fma);
   // One input (batch 1): linear layers of 16 and 17 rows.
   check_resampler(ModelLayout::sdxl(), 2048, 1, 1);
 }
