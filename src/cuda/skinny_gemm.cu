@@ -193,12 +193,12 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const std::uint32_t (&a)
 // 3xTF32 tensor-core products: W and A are each split into two TF32 parts and lo·hi, hi·lo,
 // hi·hi of each k step are summed in that order (lo·lo, about 2⁻²² of the product, is dropped),
 // then added to the running fp32 sum: about fp32's accuracy at a fraction of the FMA core's
-// instructions. The MMA's M is the tile's weight
-// rows, its N the problem's rows (8 per MMA, kNTiles of them). Warp (wm, wk) multiplies weight
-// rows [32·wm, +32) (two MMA row tiles) by k [16·wk, +16) of every stage; thread (g = lane / 4,
-// t = lane % 4) holds k 4t .. 4t + 3 of that block, the MMA's k t and t + 4 being the first two
-// in one step and the last two in the next (the same permutation for both operands, so the
-// products are unchanged). The two k halves join in order at the end.
+// instructions. The MMA's M is the tile's weight rows, its N the problem's rows (8 per MMA,
+// kNTiles of them). Warp (wm, wk) multiplies weight rows [32·wm, +32) (two MMA row tiles) by k
+// [16·wk, +16) of every stage; thread (g = lane / 4, t = lane % 4) holds k 4t .. 4t + 3 of that
+// block, the MMA's k t and t + 4 being the first two in one step and the last two in the next
+// (the same permutation for both operands, so the products are unchanged). The two k halves
+// join in order at the end.
 template <int kNTiles>
 struct Tf32x3Core {
   using Layout = SwizzledRows;
