@@ -137,6 +137,29 @@ Mat<T> resampler_host(const ModelLayout& L, const Weights& w, const std::vector<
   return layer_norm(y, batch * nq, d_out, W("norm_out.weight"), W("norm_out.bias"));
 }
 
+// The fp64 and naive fp32 host Resamplers of one problem. check_resampler derives the weights and
+// inputs from the sizes alone (fixed seeds) and checks the SDXL problem under several GEMM
+// settings, so each problem's references are computed once.
+struct HostReferences {
+  Mat<double> exact;
+  Mat<float> naive;
+};
+const HostReferences& host_references(const ModelLayout& L, const Weights& w,
+                                      const std::vector<float>& x, int d_out, int batch,
+                                      int tokens) {
+  static std::map<std::vector<int>, HostReferences> cache;
+  const std::vector<int> key = {L.embed_dim,   L.dim,     L.depth, L.heads, L.dim_head,
+                                L.num_queries, L.ff_mult, d_out,   batch,   tokens};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    it = cache
+             .emplace(key, HostReferences{resampler_host<double>(L, w, x, batch, tokens),
+                                          resampler_host<float>(L, w, x, batch, tokens)})
+             .first;
+  }
+  return it->second;
+}
+
 void check_resampler(
     const ModelLayout& layout, int d_out, int batch, int tokens,
     instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto, bool programmatic = true,
@@ -170,8 +193,9 @@ void check_resampler(
   REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
   std::vector<float> y(out_elems);
   REQUIRE(cudaMemcpy(y.data(), yd.data(), out_elems * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
-  const Mat<double> ref = resampler_host<double>(layout, w, x, batch, tokens);
-  const Mat<float> naive = resampler_host<float>(layout, w, x, batch, tokens);
+  const HostReferences& refs = host_references(layout, w, x, d_out, batch, tokens);
+  const Mat<double>& ref = refs.exact;
+  const Mat<float>& naive = refs.naive;
   double err = 0, naive_err = 0, ref_max = 0;
   for (std::size_t i = 0; i < out_elems; ++i) {
     err = std::max(err, std::abs(y[i] - ref[i]));
