@@ -7,7 +7,7 @@
 //   bench_cuda [--reps N] [--tune] [--profile] [--resampler] [--resampler-ctas N]   (--tune: also
 //   compare the resident and persistent tiles; --profile: only one launch of each variant per
 //   layer shape, for Nsight Compute; --resampler: only the copy ceiling and the Resampler rows;
-//   --resampler-ctas: the skinny GEMMs' CTA target per SM, GpuResamplerOptions::ctas_per_sm)
+//   --resampler-ctas: the skinny GEMMs' CTA target per SM, LinearGemmOptions::ctas_per_sm)
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -484,8 +484,9 @@ instantid::InstantIDModel resampler_weights(const instantid::ModelLayout& layout
   return instantid::InstantIDModel::synthetic(resampler_only, d_out, 5);
 }
 
-// The Resampler with its default GEMMs (skinny kernel, programmatic launches), with the skinny
-// kernel's other multiply and with the cuBLAS SGEMM path, in the same process.
+// The Resampler with its default GEMMs (skinny kernel, programmatic launches, split-K sums in
+// clusters on sm_90+), with the split-K sums through the global workspace instead, with the
+// skinny kernel's other multiply and with the cuBLAS SGEMM path, in the same process.
 void bench_resampler(cudaStream_t stream) {
   const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
   const int d_out = 2048, batch = 2;
@@ -494,32 +495,38 @@ void bench_resampler(cudaStream_t stream) {
   for (const auto& kv : w.tensors()) weight_bytes += static_cast<double>(kv.second.numel()) * 4;
   using instantid::cuda::SkinnyGemmMath;
   const instantid::cuda::GpuResamplerOptions defaults;
-  const SkinnyGemmMath other = defaults.gemm_math == SkinnyGemmMath::kTf32x3
+  const SkinnyGemmMath other = defaults.gemm.math == SkinnyGemmMath::kTf32x3
                                    ? SkinnyGemmMath::kFp32Fma
                                    : SkinnyGemmMath::kTf32x3;
   const auto math_name = [](SkinnyGemmMath m) {
     return m == SkinnyGemmMath::kTf32x3 ? "3xTF32 tensor cores" : "fp32 FMA";
   };
-  for (int variant = 0; variant < 3; ++variant) {
+  for (int variant = 0; variant < 4; ++variant) {
     instantid::cuda::GpuResamplerOptions options;
-    if (g_resampler_ctas_per_sm > 0) options.ctas_per_sm = g_resampler_ctas_per_sm;
+    if (g_resampler_ctas_per_sm > 0) options.gemm.ctas_per_sm = g_resampler_ctas_per_sm;
     std::string name = "resampler_cond_uncond", dtype;
     if (variant == 1) {
-      options.gemm_math = other;
-      name += other == SkinnyGemmMath::kTf32x3 ? "_tf32x3" : "_fp32_fma";
+      options.gemm.cluster_reduce = false;
+      name += "_workspace_split_sums";
     }
     if (variant == 2) {
-      options.gemm_path = instantid::cuda::GemmPath::kCublas;
+      options.gemm.math = other;
+      name += other == SkinnyGemmMath::kTf32x3 ? "_tf32x3" : "_fp32_fma";
+    }
+    if (variant == 3) {
+      options.gemm.path = instantid::cuda::GemmPath::kCublas;
       options.programmatic = false;
       name += "_cublas_path";
       dtype = "f32 (cuBLAS SGEMM, no TF32, plain launches)";
-    } else {
-      dtype = std::string("f32 (skinny GEMM, ") + math_name(options.gemm_math) +
-              ", programmatic launches)";
     }
     instantid::cuda::GpuResampler gpu(
         layout, d_out, [&](const std::string& s) -> const HostTensor& { return w.image_proj(s); },
         batch, 1, options);
+    if (variant != 3) {
+      dtype = std::string("f32 (skinny GEMM, ") + math_name(options.gemm.math) + ", split-K sums " +
+              (gpu.cluster_reduce() ? "in clusters" : "through global memory") +
+              ", programmatic launches)";
+    }
     DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);
     DeviceBuffer y(static_cast<std::size_t>(batch) * 16 * d_out * 4);
     check_cuda(cudaMemset(x.data(), 0, x.bytes()), "memset");

@@ -302,8 +302,7 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
   }
 
   // The largest GEMM has the kv rows: batch · (tokens + 16).
-  gemm_ = std::make_unique<LinearGemm>(static_cast<int>(kv_rows), options.gemm_path,
-                                       options.ctas_per_sm, options.lane_rows, options.gemm_math);
+  gemm_ = std::make_unique<LinearGemm>(static_cast<int>(kv_rows), options.gemm);
   programmatic_ = programmatic_launch_wanted(options.programmatic);
   gemm_->set_programmatic(programmatic_);
 }

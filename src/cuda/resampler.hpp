@@ -24,11 +24,14 @@ using ResamplerWeights = std::function<const HostTensor&(const std::string& suff
 // How run() multiplies: the defaults are the measured best (docs/performance.md); the other
 // settings exist for comparison.
 struct GpuResamplerOptions {
-  GemmPath gemm_path = GemmPath::kAuto;    // kCublas: cuBLAS for every linear layer
-  int ctas_per_sm = kSkinnyGemmCtasPerSm;  // skinny GEMM split count (skinny_gemm_splits)
-  int lane_rows = 0;                       // skinny GEMM lane grid (SkinnyGemmParams)
-  SkinnyGemmMath gemm_math = SkinnyGemmMath::kTf32x3;  // skinny GEMM multiply (SkinnyGemmParams)
-  bool programmatic = true;                             // programmatic dependent launches on sm_90+
+  LinearGemmOptions gemm = resampler_gemm();  // the linear layers (3xTF32 skinny GEMMs)
+  bool programmatic = true;                   // programmatic dependent launches on sm_90+
+
+  static LinearGemmOptions resampler_gemm() {
+    LinearGemmOptions o;
+    o.math = SkinnyGemmMath::kTf32x3;
+    return o;
+  }
 };
 
 class GpuResampler {
@@ -49,6 +52,7 @@ class GpuResampler {
   std::size_t device_bytes() const;
   int output_dim() const { return output_dim_; }
   GemmPath gemm_path() const { return gemm_->path(); }
+  bool cluster_reduce() const { return gemm_->cluster_reduce(); }
   bool programmatic_launch() const { return programmatic_; }
 
  private:

@@ -1,4 +1,5 @@
 // The skinny fp32 GEMM (weight streaming, deterministic split K) and its cuBLAS fallback.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,10 +22,12 @@ constexpr int kMinTilesPerSplit = 4;
 
 // One launch runs one or two problems: CTAs with blockIdx.x < tiles0 take the first, the others
 // the second (each with its own split count; blockIdx.y past it exits at once).
+// With cluster_reduce the launch's clusters are (1, splits, 1): one output tile's splits.
 struct KernelArgs {
   SkinnyGemmParams p[2];
   int k_tiles[2] = {0, 0};
   int tiles0 = 0;
+  bool cluster_reduce = false;
   unsigned* tickets = nullptr;              // [tiles0 + tiles1]
   float* partials[2] = {nullptr, nullptr};  // per problem [tiles, splits, M, 64]
 };
@@ -34,6 +37,23 @@ __device__ __forceinline__ float epilogue(float v, const SkinnyGemmParams& p, in
   if (p.gelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
   if (p.beta != 0.0f) v = fmaf(p.beta, p.c[static_cast<std::int64_t>(m) * p.n + n], v);
   return v;
+}
+
+// Writes the split sums of float4 e4 of the [M, 64] tile at column n0 through the epilogue.
+__device__ __forceinline__ void store_sum4(const SkinnyGemmParams& p, int n0, int e4, float4 sum) {
+  const int m = e4 * 4 / kTileN, n = n0 + e4 * 4 % kTileN;
+  const float v[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    if (n + u < p.n) p.c[static_cast<std::int64_t>(m) * p.n + n + u] = epilogue(v[u], p, m, n + u);
+  }
+}
+
+__device__ __forceinline__ void add4(float4& sum, float4 x) {
+  sum.x += x.x;
+  sum.y += x.y;
+  sum.z += x.z;
+  sum.w += x.w;
 }
 
 // The multiply of one stage (A rows [kMPad, 32 k] and W rows [64, 32 k] in shared memory) is
@@ -349,6 +369,46 @@ constexpr std::size_t stage_floats() {
   return std::size_t{Core::kMPad + kTileN} * Core::Layout::kStride;
 }
 
+// Split K within a cluster (sm_90+): each CTA leaves its partial [M, 64] in its own shared
+// memory; after the cluster barrier CTA rank r (= split r: clusters are (1, splits, 1) and the
+// grid has splits rows) sums its share of the tile over every rank's partial, in split order
+// from zero like the ticket path (so both give the same bits), and writes C. The second barrier
+// keeps each CTA's shared memory alive until all have read it. Measured alternatives (pushing
+// partials into the owner's memory; arriving at the second barrier before the epilogue):
+// docs/performance.md.
+template <typename Core>
+__device__ void cluster_reduce_tile(const Core& core, float* smem, const SkinnyGemmParams& p,
+                                    int n0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  __syncthreads();  // join() read the stage buffers
+  core.for_each_output([&](int m, int col, float v) {
+    if (m < p.m) smem[m * kTileN + col] = v;
+  });
+  cluster.sync();
+  const int splits = static_cast<int>(cluster.num_blocks());
+  const int count4 = p.m * kTileN / 4;
+  const int share = (count4 + splits - 1) / splits;
+  const int first = static_cast<int>(cluster.block_rank()) * share;
+  float4* mine = reinterpret_cast<float4*>(smem);
+  for (int i = threadIdx.x; i < share && first + i < count4; i += kThreads) {
+    float4 x[kSkinnyGemmMaxClusterSplits];
+#pragma unroll
+    for (int r = 0; r < kSkinnyGemmMaxClusterSplits; ++r) {
+      if (r < splits) x[r] = cluster.map_shared_rank(mine, r)[first + i];
+    }
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int r = 0; r < kSkinnyGemmMaxClusterSplits; ++r) {
+      if (r < splits) add4(sum, x[r]);
+    }
+    store_sum4(p, n0, first + i, sum);
+  }
+  cluster.sync();
+#endif
+}
+
 // One CTA: output columns [64·blockIdx.x, +64) over k tiles [split range of blockIdx.y].
 template <typename Core>
 __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) {
@@ -421,6 +481,11 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
     return;
   }
 
+  if (args.cluster_reduce) {
+    cluster_reduce_tile(core, smem, p, n0);
+    return;
+  }
+
   // Split K: publish this CTA's partial, take a ticket; the last CTA of the tile sums all
   // partials in split order (s = 0, 1, ...) and writes C.
   float* tile_partials =
@@ -461,25 +526,13 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
 #pragma unroll
     for (int b = 0; b < kSplitBatch; ++b) {
 #pragma unroll
-      for (int q = 0; q < kVec; ++q) {
-        sum[q].x += x[b][q].x;
-        sum[q].y += x[b][q].y;
-        sum[q].z += x[b][q].z;
-        sum[q].w += x[b][q].w;
-      }
+      for (int q = 0; q < kVec; ++q) add4(sum[q], x[b][q]);
     }
   }
 #pragma unroll
   for (int q = 0; q < kVec; ++q) {
     const int e4 = tid + q * kThreads;
-    if (e4 >= count4) continue;
-    const int m = e4 * 4 / kTileN, n = n0 + e4 * 4 % kTileN;
-    const float v[4] = {sum[q].x, sum[q].y, sum[q].z, sum[q].w};
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      if (n + u < p.n)
-        p.c[static_cast<std::int64_t>(m) * p.n + n + u] = epilogue(v[u], p, m, n + u);
-    }
+    if (e4 < count4) store_sum4(p, n0, e4, sum[q]);
   }
   if (tid == 0) *ticket = 0u;
 }
@@ -495,9 +548,16 @@ cudaError_t launch(const KernelArgs& args, int tiles, int splits, cudaStream_t s
                              static_cast<int>(kSmem));
     if (e != cudaSuccess) return e;
   }
-  return kernels::launch_kernel(args.p[0].programmatic, skinny_gemm_kernel<Core>,
-                                dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)),
-                                dim3(kThreads), kSmem, stream, args);
+  const bool clusters = args.cluster_reduce && splits > 1;
+  if (clusters && splits > 8) {  // past the portable cluster size
+    const cudaError_t e = cudaFuncSetAttribute(
+        skinny_gemm_kernel<Core>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) return e;
+  }
+  return kernels::launch_kernel_in_clusters(
+      args.p[0].programmatic, dim3(1, clusters ? static_cast<unsigned>(splits) : 1u, 1),
+      skinny_gemm_kernel<Core>, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)),
+      dim3(kThreads), kSmem, stream, args);
 }
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -527,10 +587,8 @@ namespace {
 
 // Splits that bring tiles · splits up to about `target` CTAs, each with >= kMinTilesPerSplit k
 // tiles.
-int splits_for_target(int n, int k, int target) noexcept {
-  if (n < 1 || k < 1) return 1;
-  const int tiles = ceil_div(n, kTileN);
-  if (tiles >= target) return 1;
+int splits_for_tiles(int tiles, int k, int target) noexcept {
+  if (tiles < 1 || k < 1 || tiles >= target) return 1;
   const int most = std::max(1, ceil_div(k, kTileK) / kMinTilesPerSplit);
   return std::max(1, std::min(target / tiles, most));
 }
@@ -538,7 +596,8 @@ int splits_for_target(int n, int k, int target) noexcept {
 }  // namespace
 
 int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm) noexcept {
-  return splits_for_target(n, k, std::max(1, sm_count) * std::max(1, ctas_per_sm));
+  return splits_for_tiles(skinny_gemm_tiles(n), k,
+                          std::max(1, sm_count) * std::max(1, ctas_per_sm));
 }
 
 int skinny_gemm_tiles(int n) noexcept { return n < 1 ? 0 : ceil_div(n, kTileN); }
@@ -560,8 +619,9 @@ bool prepare_problem(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& 
   }
   const int k_tiles = ceil_div(params.k, kTileK);
   if (params.splits < 1 || params.splits > k_tiles) return false;
+  if (params.cluster_reduce && params.splits > kSkinnyGemmMaxClusterSplits) return false;
   const int tiles = skinny_gemm_tiles(params.n);
-  if (params.splits > 1) {
+  if (params.splits > 1 && !params.cluster_reduce) {
     if (workspace.tickets == nullptr || workspace.tickets_count < ticket_offset + tiles ||
         workspace.partials == nullptr ||
         workspace.partials_count <
@@ -626,6 +686,7 @@ cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspac
                         cudaStream_t stream) noexcept {
   KernelArgs args;
   if (!prepare_problem(params, workspace, 0, 0, 0, args)) return cudaErrorInvalidValue;
+  args.cluster_reduce = params.cluster_reduce;
   args.tickets = workspace.tickets;
   args.tiles0 = skinny_gemm_tiles(params.n);
   return launch_for_rows(args, params.m, args.tiles0, params.splits, stream);
@@ -634,7 +695,8 @@ cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspac
 cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmParams& second,
                              const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept {
   if (first.programmatic != second.programmatic || first.lane_rows != second.lane_rows ||
-      first.math != second.math) {
+      first.math != second.math || first.cluster_reduce != second.cluster_reduce ||
+      (first.cluster_reduce && first.splits != second.splits)) {
     return cudaErrorInvalidValue;
   }
   KernelArgs args;
@@ -644,33 +706,30 @@ cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmPara
                        skinny_gemm_partials_count(first.m, first.n, first.splits), args)) {
     return cudaErrorInvalidValue;
   }
+  args.cluster_reduce = first.cluster_reduce;
   args.tickets = workspace.tickets;
   args.tiles0 = tiles0;
   return launch_for_rows(args, std::max(first.m, second.m), tiles0 + skinny_gemm_tiles(second.n),
                          std::max(first.splits, second.splits), stream);
 }
 
-LinearGemm::LinearGemm(int max_rows, GemmPath path, int ctas_per_sm, int lane_rows,
-                       SkinnyGemmMath math)
-    : path_(path),
-      max_rows_(max_rows),
-      ctas_per_sm_(ctas_per_sm),
-      lane_rows_(lane_rows),
-      math_(math) {
-  INSTANTID_CHECK(lane_rows == 0 || lane_rows == 4 || lane_rows == 8, "LinearGemm: lane_rows: got ",
-                  lane_rows, ", expected 0, 4 or 8");
+LinearGemm::LinearGemm(int max_rows, const LinearGemmOptions& options)
+    : options_(options), max_rows_(max_rows) {
+  INSTANTID_CHECK(options.lane_rows == 0 || options.lane_rows == 4 || options.lane_rows == 8,
+                  "LinearGemm: lane_rows: got ", options.lane_rows, ", expected 0, 4 or 8");
   INSTANTID_CHECK(max_rows >= 1, "LinearGemm: max_rows: got ", max_rows, ", expected >= 1");
-  INSTANTID_CHECK(ctas_per_sm >= 1 && ctas_per_sm <= 64, "LinearGemm: ctas_per_sm: got ",
-                  ctas_per_sm, ", expected 1..64");
+  INSTANTID_CHECK(options.ctas_per_sm >= 1 && options.ctas_per_sm <= 64,
+                  "LinearGemm: ctas_per_sm: got ", options.ctas_per_sm, ", expected 1..64");
   int device = 0;
   check_cuda(cudaGetDevice(&device), "LinearGemm: cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device),
              "LinearGemm: SM count");
   check_cuda(cudaDeviceGetAttribute(&sm_major_, cudaDevAttrComputeCapabilityMajor, device),
              "LinearGemm: compute capability");
-  if (path_ == GemmPath::kAuto) {
+  cluster_reduce_ = options.cluster_reduce && sm_major_ >= 9;
+  if (options.path == GemmPath::kAuto && !cluster_reduce_) {
     // skinny_gemm_splits keeps tiles · splits <= the CTA target whenever splits > 1.
-    const int target = std::max(1, sm_count_) * ctas_per_sm_;
+    const int target = std::max(1, sm_count_) * options.ctas_per_sm;
     const int rows = std::min(max_rows, kSkinnyGemmMaxRows);
     // run_pair's two problems together stay below 2 · target CTAs.
     const int slots = 2 * target;
@@ -697,7 +756,7 @@ LinearGemm::~LinearGemm() {
 
 bool LinearGemm::uses_skinny(int rows, int out, int in, const float* a,
                              const float* w) const noexcept {
-  return path_ == GemmPath::kAuto && rows <= max_rows_ &&
+  return options_.path == GemmPath::kAuto && rows <= max_rows_ &&
          skinny_gemm_supported(rows, out, in, a, w);
 }
 
@@ -710,10 +769,16 @@ SkinnyGemmParams LinearGemm::skinny_params(const Product& x, int splits) const n
   p.n = x.out;
   p.k = x.in;
   p.splits = splits;
+  p.cluster_reduce = cluster_reduce_;
   p.programmatic = programmatic_;
-  p.lane_rows = lane_rows_;
-  p.math = math_;
+  p.lane_rows = options_.lane_rows;
+  p.math = options_.math;
   return p;
+}
+
+int LinearGemm::splits_for(int n, int k) const noexcept {
+  const int splits = skinny_gemm_splits(n, k, sm_count_, options_.ctas_per_sm);
+  return cluster_reduce_ ? std::min(splits, kSkinnyGemmMaxClusterSplits) : splits;
 }
 
 void LinearGemm::run(const float* a, const float* w, const float* bias, float* c, int rows, int out,
@@ -725,8 +790,7 @@ void LinearGemm::run(const float* a, const float* w, const float* bias, float* c
   INSTANTID_CHECK(!gelu || beta == 0.0f, "LinearGemm::run: beta with gelu: got ", beta,
                   ", expected 0 (GELU output cannot accumulate into C)");
   if (uses_skinny(rows, out, in, a, w)) {
-    SkinnyGemmParams p = skinny_params({a, w, c, rows, out, in},
-                                       skinny_gemm_splits(out, in, sm_count_, ctas_per_sm_));
+    SkinnyGemmParams p = skinny_params({a, w, c, rows, out, in}, splits_for(out, in));
     p.bias = bias;
     p.beta = beta;
     p.gelu = gelu;
@@ -755,16 +819,25 @@ void LinearGemm::run_pair(const Product& first, const Product& second, cudaStrea
         stream);
     return;
   }
-  // The CTA target of one launch, shared in proportion to the weights each problem reads.
-  const double w0 = static_cast<double>(first.out) * first.in;
-  const double w1 = static_cast<double>(second.out) * second.in;
-  const int target = std::max(1, sm_count_) * ctas_per_sm_;
-  const int target0 = std::max(1, static_cast<int>(target * w0 / (w0 + w1) + 0.5));
-  const int target1 = std::max(1, target - target0);
-  const SkinnyGemmParams p0 = skinny_params(first, splits_for_target(first.out, first.in, target0));
-  const SkinnyGemmParams p1 =
-      skinny_params(second, splits_for_target(second.out, second.in, target1));
-  check_cuda(skinny_gemm_pair(p0, p1, workspace_, stream), "LinearGemm: skinny_gemm_pair");
+  const int target = std::max(1, sm_count_) * options_.ctas_per_sm;
+  const int tiles0 = skinny_gemm_tiles(first.out), tiles1 = skinny_gemm_tiles(second.out);
+  int splits0 = 0, splits1 = 0;
+  if (cluster_reduce_) {
+    // One split count for the launch's clusters: the CTA target over both problems' tiles.
+    splits0 = splits1 =
+        std::min(splits_for_tiles(tiles0 + tiles1, std::min(first.in, second.in), target),
+                 kSkinnyGemmMaxClusterSplits);
+  } else {
+    // The CTA target shared in proportion to the weights each problem reads.
+    const double w0 = static_cast<double>(first.out) * first.in;
+    const double w1 = static_cast<double>(second.out) * second.in;
+    const int target0 = std::max(1, static_cast<int>(target * w0 / (w0 + w1) + 0.5));
+    splits0 = splits_for_tiles(tiles0, first.in, target0);
+    splits1 = splits_for_tiles(tiles1, second.in, std::max(1, target - target0));
+  }
+  check_cuda(skinny_gemm_pair(skinny_params(first, splits0), skinny_params(second, splits1),
+                              workspace_, stream),
+             "LinearGemm: skinny_gemm_pair");
 }
 
 }  // namespace instantid::cuda

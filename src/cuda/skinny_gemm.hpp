@@ -4,9 +4,11 @@
 // M = 32 an H200's fp32 FMA peak is about its copy bandwidth), so the skinny kernel reads every
 // weight once (cp.async 16-byte loads, 64 outputs × 32 k per stage), multiplies either with 3xTF32
 // tensor-core products (the Resampler's default: fp32-level error, a fraction of the
-// instructions) or with fp32 FMAs from register tiles, and splits K over a fixed number of CTAs;
-// the last CTA of an output tile sums the partials in split order (an integer ticket, no float
-// atomics), so results are deterministic for a given device and shape. LinearGemm picks it or
+// instructions) or with fp32 FMAs from register tiles, and splits K over a fixed number of CTAs.
+// The partial sums of an output tile are added in split order, so results are deterministic for
+// a given device and shape: on sm_90+ the splits of a tile form a thread-block cluster and add
+// each other's partials from distributed shared memory; elsewhere the last CTA of a tile (an
+// integer ticket, no float atomics) sums them from a global workspace. LinearGemm picks it or
 // falls back to cuBLAS SGEMM (pedantic math, no TF32). Numerical contract and measurements:
 // docs/kernels.md and docs/performance.md ("Resampler").
 
@@ -26,6 +28,8 @@ constexpr int kSkinnyGemmTileK = 32;
 // Split K until about this many CTAs per SM run (each keeps up to 3 tiles of 64×32 weights in
 // flight).
 constexpr int kSkinnyGemmCtasPerSm = 3;
+// Most splits a cluster reduction takes (a non-portable cluster size that sm_90 allows).
+constexpr int kSkinnyGemmMaxClusterSplits = 16;
 
 // How the skinny kernel multiplies. kTf32x3: W and A are each split into two TF32 parts and three
 // of the four products are taken on tensor cores with fp32 accumulation (error about fp32's,
@@ -41,6 +45,11 @@ struct SkinnyGemmParams {
   float beta = 0.0f;
   bool gelu = false;  // exact erf GELU on A·Wᵀ + bias, before beta·C is added
   int splits = 1;     // K is cut into this many CTA ranges (1 .. ceil(K / 32))
+  // sm_90+ only: the splits of each output tile run as one thread-block cluster and sum their
+  // partials through distributed shared memory (splits <= kSkinnyGemmMaxClusterSplits; no
+  // workspace needed). Otherwise the workspace's tickets and partials do it (a fence, an atomic
+  // and the partials' loads through L2 per tile: the Resampler 0.346 vs 0.315 ms on an H200).
+  bool cluster_reduce = false;
   // Programmatic dependent launch (sm_90+): the kernel may start while the previous kernel on the
   // stream still runs, prefetches its first weight tiles, then waits for that kernel to finish
   // before it reads A, C or the workspace (and only then lets the next kernel start early). The
@@ -59,7 +68,7 @@ bool skinny_gemm_supported(int m, int n, int k, const float* a, const float* w) 
 // The split count LinearGemm uses: enough CTAs for ctas_per_sm per SM, each at least four k tiles.
 int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm = kSkinnyGemmCtasPerSm) noexcept;
 
-// Scratch of a split-K launch (unused when splits == 1): one ticket per 64-column output tile,
+// Scratch of a split-K launch (unused when splits == 1 or cluster_reduce): one ticket per 64-column output tile,
 // zero before the first launch (every launch leaves its tickets at zero), and the partial sums
 // [tiles, splits, M, 64].
 struct SkinnyGemmWorkspace {
@@ -80,23 +89,31 @@ cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspac
 // Two independent problems in one kernel (one pipeline fill and drain instead of two): the
 // tickets of the second follow the first's tiles, its partials the first's partial sums. Each
 // problem's results are bit-identical to its own skinny_gemm launch with the same splits. Both
-// must agree on programmatic, lane_rows and math.
+// must agree on programmatic, lane_rows, math and cluster_reduce, and with cluster_reduce on
+// splits.
 cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmParams& second,
                              const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept;
 
 enum class GemmPath { kAuto, kCublas };
+
+// How a LinearGemm runs; the defaults suit any use, GpuResamplerOptions picks the Resampler's.
+struct LinearGemmOptions {
+  GemmPath path = GemmPath::kAuto;          // kCublas: cuBLAS for every problem
+  int ctas_per_sm = kSkinnyGemmCtasPerSm;  // skinny split count (skinny_gemm_splits)
+  int lane_rows = 0;                       // SkinnyGemmParams::lane_rows
+  SkinnyGemmMath math = SkinnyGemmMath::kFp32Fma;
+  // SkinnyGemmParams::cluster_reduce wherever the device has clusters (sm_90+), with at most
+  // kSkinnyGemmMaxClusterSplits splits.
+  bool cluster_reduce = true;
+};
 
 // C = act(A·Wᵀ + bias) + beta·C for any M, N, K: the skinny kernel when supported (and path is
 // kAuto), else cuBLAS SGEMM with pedantic math plus a bias/GELU kernel. Owns its cuBLAS handle and
 // workspaces (allocated here); run() never allocates or synchronises and is graph-capturable.
 class LinearGemm {
  public:
-  // max_rows bounds M of the problems the skinny kernel takes (larger M goes to cuBLAS);
-  // ctas_per_sm sets its split count (skinny_gemm_splits), lane_rows and math its multiply
-  // (SkinnyGemmParams).
-  explicit LinearGemm(int max_rows, GemmPath path = GemmPath::kAuto,
-                      int ctas_per_sm = kSkinnyGemmCtasPerSm, int lane_rows = 0,
-                      SkinnyGemmMath math = SkinnyGemmMath::kFp32Fma);
+  // max_rows bounds M of the problems the skinny kernel takes (larger M goes to cuBLAS).
+  explicit LinearGemm(int max_rows, const LinearGemmOptions& options = LinearGemmOptions());
   ~LinearGemm();
   LinearGemm(const LinearGemm&) = delete;
   LinearGemm& operator=(const LinearGemm&) = delete;
@@ -107,8 +124,8 @@ class LinearGemm {
            float beta, bool gelu, cudaStream_t stream);
 
   // C = A·Wᵀ of two independent problems (no bias, GELU or beta): one skinny_gemm_pair launch
-  // with the CTAs shared in proportion to the weights, or two run() calls when either problem
-  // does not take the skinny kernel.
+  // with the CTAs shared in proportion to the weights (one split count for both with cluster
+  // reduction), or two run() calls when either problem does not take the skinny kernel.
   struct Product {
     const float* a;  // [rows, in]
     const float* w;  // [out, in]
@@ -119,7 +136,9 @@ class LinearGemm {
 
   // Whether run() with these arguments takes the skinny kernel.
   bool uses_skinny(int rows, int out, int in, const float* a, const float* w) const noexcept;
-  GemmPath path() const { return path_; }
+  GemmPath path() const { return options_.path; }
+  // Whether split-K launches sum their partials in clusters (options and device allowing).
+  bool cluster_reduce() const noexcept { return cluster_reduce_; }
   // Launch the skinny kernel as a programmatic dependent launch (SkinnyGemmParams::programmatic);
   // ignored below sm_90.
   void set_programmatic(bool on) noexcept { programmatic_ = on && sm_major_ >= 9; }
@@ -131,13 +150,14 @@ class LinearGemm {
   // C = A·Wᵀ of x on the skinny kernel with this GEMM's launch settings (no bias, GELU or beta).
   SkinnyGemmParams skinny_params(const Product& x, int splits) const noexcept;
 
-  GemmPath path_;
+  // Split count of a problem of n outputs and k inputs at this GEMM's CTA target.
+  int splits_for(int n, int k) const noexcept;
+
+  LinearGemmOptions options_;
   int max_rows_ = 0;
   int sm_count_ = 0;
-  int ctas_per_sm_ = kSkinnyGemmCtasPerSm;
-  int lane_rows_ = 0;
-  SkinnyGemmMath math_ = SkinnyGemmMath::kFp32Fma;
   int sm_major_ = 0;
+  bool cluster_reduce_ = false;
   bool programmatic_ = false;
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer tickets_, partials_;

@@ -163,7 +163,8 @@ const HostReferences& host_references(const ModelLayout& L, const Weights& w,
 void check_resampler(
     const ModelLayout& layout, int d_out, int batch, int tokens,
     instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto, bool programmatic = true,
-    instantid::cuda::SkinnyGemmMath math = instantid::cuda::GpuResamplerOptions{}.gemm_math) {
+    instantid::cuda::SkinnyGemmMath math = instantid::cuda::GpuResamplerOptions{}.gemm.math,
+    bool cluster_reduce = true) {
   const bool cublas = path == instantid::cuda::GemmPath::kCublas;
   INFO("dim " << layout.dim << " D_out " << d_out << " batch " << batch << " tokens " << tokens
               << (cublas ? " cuBLAS" : " skinny GEMM"));
@@ -177,9 +178,10 @@ void check_resampler(
       tokens,
       [&] {
         instantid::cuda::GpuResamplerOptions o;
-        o.gemm_path = path;
+        o.gemm.path = path;
         o.programmatic = programmatic;
-        o.gemm_math = math;
+        o.gemm.math = math;
+        o.gemm.cluster_reduce = cluster_reduce;
         return o;
       }());
   CHECK(gpu.gemm_path() == path);
@@ -254,6 +256,10 @@ TEST_CASE("GPU Resampler matches fp64 at SDXL sizes (random weights)", "[cuda][r
   // The skinny GEMM's fp32 FMA multiply (the default is 3xTF32).
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, true,
                   instantid::cuda::SkinnyGemmMath::kFp32Fma);
+  // Split-K partials summed through the global workspace instead of within clusters (the only
+  // way below sm_90).
+  check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, true,
+                  instantid::cuda::SkinnyGemmMath::kTf32x3, false);
 }
 
 TEST_CASE("GPU Resampler: more tokens, one input and widths off the 64 × 32 tile grid",

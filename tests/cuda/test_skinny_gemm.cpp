@@ -24,6 +24,7 @@ namespace {
 using instantid::cuda::DeviceBuffer;
 using instantid::cuda::GemmPath;
 using instantid::cuda::LinearGemm;
+using instantid::cuda::LinearGemmOptions;
 using instantid::cuda::SkinnyGemmMath;
 using instantid::cuda::SkinnyGemmParams;
 using instantid::cuda::SkinnyGemmWorkspace;
@@ -198,14 +199,56 @@ int sm_count() {
   return sms;
 }
 
+// Thread-block clusters (the cluster split-K reduction) exist from sm_90.
+bool has_clusters() {
+  int device = 0, major = 0;
+  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
+          cudaSuccess);
+  return major >= 9;
+}
+
+LinearGemmOptions gemm_options(SkinnyGemmMath math, bool cluster_reduce = true, int lane_rows = 0,
+                               int ctas_per_sm = instantid::cuda::kSkinnyGemmCtasPerSm) {
+  LinearGemmOptions o;
+  o.math = math;
+  o.cluster_reduce = cluster_reduce;
+  o.lane_rows = lane_rows;
+  o.ctas_per_sm = ctas_per_sm;
+  return o;
+}
+
+// One problem's kernel parameters on d's buffers.
+SkinnyGemmParams kernel_params(const Problem& p, DeviceProblem& d, int splits, SkinnyGemmMath math,
+                               bool cluster_reduce, int lane_rows = 0) {
+  SkinnyGemmParams params;
+  params.a = d.a.as<float>();
+  params.w = d.w.as<float>();
+  params.bias = p.bias ? d.b.as<float>() : nullptr;
+  params.c = d.c.as<float>();
+  params.m = p.m;
+  params.n = p.n;
+  params.k = p.k;
+  params.beta = p.beta;
+  params.gelu = p.gelu;
+  params.splits = splits;
+  params.math = math;
+  params.cluster_reduce = cluster_reduce;
+  params.lane_rows = lane_rows;
+  return params;
+}
+
 }  // namespace
 
 TEST_CASE("skinny GEMM matches fp64 within 2x naive fp32 (M 1..64, K 512 / 1280 / 5120)",
           "[cuda][skinny_gemm]") {
   LinearGemm gemm(64);  // lane grid 4 × 8 up to M = 40, then 8 × 4
-  LinearGemm gemm8(64, GemmPath::kAuto, instantid::cuda::kSkinnyGemmCtasPerSm, 8);  // 8 × 4 always
-  LinearGemm tf32(64, GemmPath::kAuto, instantid::cuda::kSkinnyGemmCtasPerSm, 0,
-                  SkinnyGemmMath::kTf32x3);
+  LinearGemm gemm8(64, gemm_options(SkinnyGemmMath::kFp32Fma, true, 8));  // 8 × 4 always
+  LinearGemm tf32(64, gemm_options(SkinnyGemmMath::kTf32x3));
+  // Split-K partials summed through the global workspace (the cluster reduction's alternative).
+  LinearGemm tickets(64, gemm_options(SkinnyGemmMath::kTf32x3, false));
+  INFO("cluster reduction " << tf32.cluster_reduce());
+  CHECK_FALSE(tickets.cluster_reduce());
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
   std::uint32_t seed = 100;
@@ -230,6 +273,7 @@ TEST_CASE("skinny GEMM matches fp64 within 2x naive fp32 (M 1..64, K 512 / 1280 
       check_accuracy(p, tensor, "3xtf32");
       const std::vector<float> tensor_again = run_linear(tf32, p, d, stream);
       CHECK(std::memcmp(tensor.data(), tensor_again.data(), tensor.size() * 4) == 0);
+      check_accuracy(p, run_linear(tickets, p, d, stream), "3xtf32-tickets");
     }
   }
   cudaStreamDestroy(stream);
@@ -249,13 +293,19 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
     std::vector<int> splits = {1, 2, 3, k_tiles / 2, k_tiles - 1, k_tiles};
     splits.push_back(instantid::cuda::skinny_gemm_splits(p.n, p.k, sm_count()));
     for (int sp : splits) {
-      for (int variant = 0; variant < 3; ++variant) {  // FMA lane grids 4 × 8 and 8 × 4, 3xTF32
+      // FMA lane grids 4 × 8 and 8 × 4, 3xTF32; then both multiplies with cluster reduction.
+      for (int variant = 0; variant < 5; ++variant) {
         if (sp < 1 || sp > k_tiles) continue;
+        const bool cluster = variant >= 3;
+        if (cluster && (sp > instantid::cuda::kSkinnyGemmMaxClusterSplits || !has_clusters())) {
+          continue;
+        }
         const int lane_rows = variant == 1 ? 8 : 4;
-        const SkinnyGemmMath math =
-            variant == 2 ? SkinnyGemmMath::kTf32x3 : SkinnyGemmMath::kFp32Fma;
+        const SkinnyGemmMath math = variant == 2 || variant == 4 ? SkinnyGemmMath::kTf32x3
+                                                                 : SkinnyGemmMath::kFp32Fma;
         INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << sp << " lane rows "
-                  << lane_rows << " 3xTF32 " << (variant == 2));
+                  << lane_rows << " 3xTF32 " << (math == SkinnyGemmMath::kTf32x3) << " cluster "
+                  << cluster);
         const int tiles = instantid::cuda::skinny_gemm_tiles(p.n);
         const std::size_t partials = instantid::cuda::skinny_gemm_partials_count(p.m, p.n, sp);
         CHECK((partials > 0) == (sp > 1));
@@ -280,7 +330,9 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
           params.splits = sp;
           params.lane_rows = lane_rows;
           params.math = math;
-          REQUIRE(instantid::cuda::skinny_gemm(params, ws, nullptr) == cudaSuccess);
+          params.cluster_reduce = cluster;
+          REQUIRE(instantid::cuda::skinny_gemm(params, cluster ? SkinnyGemmWorkspace{} : ws,
+                                               nullptr) == cudaSuccess);
           REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
           const std::vector<float> got = d.download(p);
           std::size_t wrong = 0;
@@ -376,9 +428,32 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_p
               cudaErrorInvalidValue);
       }
     }
+    // With cluster reduction (one split count for both): the same bits as each alone.
+    if (has_clusters()) {
+      const int sp = std::min({6, k_tiles[0], k_tiles[1]});
+      INFO("cluster pair, splits " << sp);
+      SkinnyGemmParams params[2];
+      std::vector<float> alone[2];
+      for (int i = 0; i < 2; ++i) {
+        d[i]->reset(p[i]);
+        params[i] = kernel_params(p[i], *d[i], sp, SkinnyGemmMath::kTf32x3, true);
+        REQUIRE(instantid::cuda::skinny_gemm(params[i], SkinnyGemmWorkspace{}, nullptr) ==
+                cudaSuccess);
+        REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+        alone[i] = d[i]->download(p[i]);
+        d[i]->reset(p[i]);
+      }
+      REQUIRE(instantid::cuda::skinny_gemm_pair(params[0], params[1], SkinnyGemmWorkspace{},
+                                                nullptr) == cudaSuccess);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      for (int i = 0; i < 2; ++i) {
+        const std::vector<float> together = d[i]->download(p[i]);
+        CHECK(std::memcmp(together.data(), alone[i].data(), together.size() * 4) == 0);
+      }
+    }
     // LinearGemm::run_pair (its own split counts) against fp64, the 2× naive fp32 rule.
     for (SkinnyGemmMath math : {SkinnyGemmMath::kFp32Fma, SkinnyGemmMath::kTf32x3}) {
-      LinearGemm gemm(64, GemmPath::kAuto, instantid::cuda::kSkinnyGemmCtasPerSm, 0, math);
+      LinearGemm gemm(64, gemm_options(math));
       for (int i = 0; i < 2; ++i) d[i]->reset(p[i]);
       gemm.run_pair({d0.a.as<float>(), d0.w.as<float>(), d0.c.as<float>(), p[0].m, p[0].n, p[0].k},
                     {d1.a.as<float>(), d1.w.as<float>(), d1.c.as<float>(), p[1].m, p[1].n, p[1].k},
@@ -390,6 +465,59 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_p
       }
     }
   }
+}
+
+TEST_CASE("skinny GEMM: cluster reduction gives the workspace reduction's bits",
+          "[cuda][skinny_gemm]") {
+  if (!has_clusters()) {
+    WARN("skipped: the device has no thread-block clusters (sm_90+)");
+    return;
+  }
+  // The Resampler's FF out (16 splits: the largest cluster), its to_kv with bias, GELU and
+  // beta · C, and a problem with every tail; each split count the same for both reductions.
+  const int shapes[][4] = {{32, 1280, 5120, 16}, {34, 2560, 1280, 6}, {37, 131, 1028, 5}};
+  std::uint32_t seed = 70;
+  for (const auto& s : shapes) {
+    const bool epilogue = s[0] == 34;
+    const Problem p =
+        random_problem(s[0], s[1], s[2], epilogue, epilogue ? 1.0f : 0.0f, false, ++seed);
+    DeviceProblem d(p);
+    const int tiles = instantid::cuda::skinny_gemm_tiles(p.n);
+    const std::size_t partials = instantid::cuda::skinny_gemm_partials_count(p.m, p.n, s[3]);
+    DeviceBuffer tickets(static_cast<std::size_t>(tiles) * 4), sums(partials * 4);
+    REQUIRE(cudaMemset(tickets.data(), 0, tickets.bytes()) == cudaSuccess);
+    SkinnyGemmWorkspace ws;
+    ws.tickets = tickets.as<unsigned>();
+    ws.tickets_count = tiles;
+    ws.partials = sums.as<float>();
+    ws.partials_count = partials;
+    for (SkinnyGemmMath math : {SkinnyGemmMath::kFp32Fma, SkinnyGemmMath::kTf32x3}) {
+      INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << s[3] << " 3xTF32 "
+                << (math == SkinnyGemmMath::kTf32x3));
+      std::vector<float> got[2];
+      for (int cluster = 0; cluster < 2; ++cluster) {
+        d.reset(p);
+        REQUIRE(instantid::cuda::skinny_gemm(kernel_params(p, d, s[3], math, cluster == 1),
+                                             cluster == 1 ? SkinnyGemmWorkspace{} : ws,
+                                             nullptr) == cudaSuccess);
+        REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+        got[cluster] = d.download(p);  // also checks the guard cells
+      }
+      check_accuracy(p, got[1], "cluster");
+      CHECK(std::memcmp(got[0].data(), got[1].data(), got[0].size() * 4) == 0);
+    }
+  }
+  // More splits than a cluster holds, or pair problems with different splits: refused.
+  const Problem p = random_problem(8, 64, 1280, false, 0.0f, false, 80);
+  DeviceProblem d(p);
+  SkinnyGemmParams too_many = kernel_params(p, d, 17, SkinnyGemmMath::kTf32x3, true);
+  CHECK(instantid::cuda::skinny_gemm(too_many, SkinnyGemmWorkspace{}, nullptr) ==
+        cudaErrorInvalidValue);
+  SkinnyGemmParams four = kernel_params(p, d, 4, SkinnyGemmMath::kTf32x3, true);
+  SkinnyGemmParams five = kernel_params(p, d, 5, SkinnyGemmMath::kTf32x3, true);
+  CHECK(instantid::cuda::skinny_gemm_pair(four, five, SkinnyGemmWorkspace{}, nullptr) ==
+        cudaErrorInvalidValue);
+  CHECK(cudaGetLastError() == cudaSuccess);
 }
 
 TEST_CASE("skinny GEMM: shapes it refuses fall back to cuBLAS", "[cuda][skinny_gemm]") {
@@ -427,7 +555,9 @@ TEST_CASE("skinny GEMM: shapes it refuses fall back to cuBLAS", "[cuda][skinny_g
     check_accuracy(shifted, got, "cublas", 4.0);
   }
   // Forcing cuBLAS for a shape the kernel takes.
-  LinearGemm forced(64, GemmPath::kCublas);
+  LinearGemmOptions cublas;
+  cublas.path = GemmPath::kCublas;
+  LinearGemm forced(64, cublas);
   const Problem p = random_problem(32, 1280, 1280, true, 1.0f, false, 57);
   DeviceProblem d(p);
   CHECK_FALSE(forced.uses_skinny(p.m, p.n, p.k, d.a.as<float>(), d.w.as<float>()));
@@ -479,7 +609,7 @@ TEST_CASE("skinny GEMM argument checks", "[cuda][skinny_gemm]") {
   REQUIRE_THROWS_WITH(gemm.run(ok.a, ok.w, nullptr, ok.c, 0, 64, 64, 0.0f, false, nullptr),
                       Catch::Contains("shape") && Catch::Contains("got [0, 64]"));
   REQUIRE_THROWS_WITH(LinearGemm(0), Catch::Contains("max_rows: got 0"));
-  REQUIRE_THROWS_WITH(LinearGemm(8, GemmPath::kAuto, 2, 6),
+  REQUIRE_THROWS_WITH(LinearGemm(8, gemm_options(SkinnyGemmMath::kFp32Fma, true, 6)),
                       Catch::Contains("lane_rows: got 6") && Catch::Contains("expected 0, 4 or 8"));
 }
 
@@ -488,7 +618,7 @@ TEST_CASE("skinny GEMM replays from a CUDA graph bit-identically (programmatic l
   const SkinnyGemmMath math = GENERATE(SkinnyGemmMath::kFp32Fma, SkinnyGemmMath::kTf32x3);
   INFO("3xTF32 " << (math == SkinnyGemmMath::kTf32x3));
   // 8 CTAs per SM: both launches split K
-  LinearGemm gemm(34, GemmPath::kAuto, 8, 0, math);
+  LinearGemm gemm(34, gemm_options(math, true, 0, 8));
   gemm.set_programmatic(true);  // the second launch starts early and waits for the first
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);

@@ -40,24 +40,45 @@ __device__ __forceinline__ void allow_next_grid() {
 #endif
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...); with `early` as a programmatic dependent launch
+// kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of `cluster` CTAs
+// (sm_90+; dim3(1, 1, 1): no clusters), with `early` as a programmatic dependent launch
 // (cudaLaunchAttributeProgrammaticStreamSerialization): it may start before the previous kernel
 // in the stream ends, so it must call wait_for_previous_grid() before reading that kernel's
-// output. Callers pass early only on sm_90+.
+// output. Callers pass early and clusters only on sm_90+.
 template <typename... Params, typename... Args>
-cudaError_t launch_kernel(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
-                          std::size_t smem, cudaStream_t stream, Args... args) noexcept {
+cudaError_t launch_kernel_in_clusters(bool early, dim3 cluster, void (*kernel)(Params...),
+                                      dim3 grid, dim3 block, std::size_t smem,
+                                      cudaStream_t stream, Args... args) noexcept {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = early ? 1 : 0;
+  cudaLaunchAttribute attributes[2];
+  unsigned count = 0;
+  if (early) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = cluster.x;
+    attributes[count].val.clusterDim.y = cluster.y;
+    attributes[count].val.clusterDim.z = cluster.z;
+    ++count;
+  }
+  config.attrs = attributes;
+  config.numAttrs = count;
   return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
+// The same without clusters.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
+                          std::size_t smem, cudaStream_t stream, Args... args) noexcept {
+  return launch_kernel_in_clusters(early, dim3(1, 1, 1), kernel, grid, block, smem, stream,
+                                   args...);
 }
 
 }  // namespace instantid::kernels
