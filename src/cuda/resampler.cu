@@ -119,18 +119,25 @@ __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
   chain_start();
   constexpr int kStride = kAttnDimHead + 1;  // lanes read different keys' rows: no bank conflicts
   __shared__ float s_k[kMaxKeys * kStride];
-  __shared__ float s_v[kMaxKeys][kAttnDimHead];
+  __shared__ __align__(16) float s_v[kMaxKeys][kAttnDimHead];
   __shared__ float s_p[kAttnQueriesPerBlock][kMaxKeys];
   const int b = blockIdx.x;
   const int h = blockIdx.y;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  for (int i = threadIdx.x; i < keys * kAttnDimHead; i += blockDim.x) {
-    const int j = i / kAttnDimHead;
-    const int d = i % kAttnDimHead;
-    const float* row = kv + (static_cast<std::int64_t>(b) * keys + j) * 2 * inner;
-    s_k[j * kStride + d] = row[h * kAttnDimHead + d];
-    s_v[j][d] = row[inner + h * kAttnDimHead + d];
+  // K and V rows as float4 (16 per row), every load issued before any is stored: one L2 round
+  // trip instead of one per loop iteration.
+  constexpr int kRowVec = kAttnDimHead / 4;
+  constexpr int kVecPerThread = kMaxKeys * kRowVec / (32 * kAttnQueriesPerBlock);
+  float4 k4[kVecPerThread], v4[kVecPerThread];
+#pragma unroll
+  for (int u = 0; u < kVecPerThread; ++u) {
+    const int i = static_cast<int>(threadIdx.x) + u * 32 * kAttnQueriesPerBlock;
+    if (i >= keys * kRowVec) continue;
+    const float4* row = reinterpret_cast<const float4*>(
+        kv + (static_cast<std::int64_t>(b) * keys + i / kRowVec) * 2 * inner + h * kAttnDimHead);
+    k4[u] = row[i % kRowVec];
+    v4[u] = row[inner / 4 + i % kRowVec];
   }
   // Each lane holds dims lane and lane + 32 of its warp's query, fetched while K/V land.
   const int qi = blockIdx.z * kAttnQueriesPerBlock + warp;
@@ -139,6 +146,17 @@ __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
                       (static_cast<std::int64_t>(b) * num_queries + (has_query ? qi : 0)) * inner +
                       h * kAttnDimHead;
   const float q_lo = has_query ? qrow[lane] : 0.0f, q_hi = has_query ? qrow[lane + 32] : 0.0f;
+#pragma unroll
+  for (int u = 0; u < kVecPerThread; ++u) {
+    const int i = static_cast<int>(threadIdx.x) + u * 32 * kAttnQueriesPerBlock;
+    if (i >= keys * kRowVec) continue;
+    const int j = i / kRowVec, d = i % kRowVec * 4;
+    s_k[j * kStride + d] = k4[u].x;
+    s_k[j * kStride + d + 1] = k4[u].y;
+    s_k[j * kStride + d + 2] = k4[u].z;
+    s_k[j * kStride + d + 3] = k4[u].w;
+    *reinterpret_cast<float4*>(&s_v[j][d]) = v4[u];
+  }
   __syncthreads();
   if (!has_query) return;
   const int j0 = lane, j1 = lane + 32;
