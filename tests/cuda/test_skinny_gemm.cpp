@@ -348,7 +348,7 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
   }
 }
 
-TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch; run_pair accuracy",
+TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch, run_pair accuracy",
           "[cuda][skinny_gemm]") {
   // The Resampler's to_q / to_kv shapes, and two problems with different tails, K and rows.
   const int shapes[][2][3] = {{{32, 1280, 1280}, {34, 2560, 1280}}, {{5, 131, 1028}, {37, 70, 36}}};
