@@ -637,47 +637,60 @@ bool prepare_problem(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& 
   return true;
 }
 
+template <typename Core>
+struct CoreTag {
+  using type = Core;
+};
+
+// f(CoreTag<Core>{}) for the core and lane grid that problems of up to m rows take.
+template <typename F>
+cudaError_t with_core(SkinnyGemmMath math, int lane_rows, int m, F&& f) noexcept {
+  if (math == SkinnyGemmMath::kTf32x3) {
+    switch ((m + 7) / 8) {
+      case 1:
+        return f(CoreTag<Tf32x3Core<1>>{});
+      case 2:
+        return f(CoreTag<Tf32x3Core<2>>{});
+      case 3:
+        return f(CoreTag<Tf32x3Core<3>>{});
+      case 4:
+        return f(CoreTag<Tf32x3Core<4>>{});
+      case 5:
+        return f(CoreTag<Tf32x3Core<5>>{});
+      case 6:
+        return f(CoreTag<Tf32x3Core<6>>{});
+      case 7:
+        return f(CoreTag<Tf32x3Core<7>>{});
+      default:
+        return f(CoreTag<Tf32x3Core<8>>{});
+    }
+  }
+  const int lanes = lane_rows == 0 ? (m <= 40 ? 4 : 8) : lane_rows;
+  if (lanes == 4 && m <= 40) {
+    if (m <= 4) return f(CoreTag<FmaCore<4, 1>>{});
+    if (m <= 8) return f(CoreTag<FmaCore<4, 2>>{});
+    if (m <= 16) return f(CoreTag<FmaCore<4, 4>>{});
+    if (m <= 24) return f(CoreTag<FmaCore<4, 6>>{});
+    if (m <= 32) return f(CoreTag<FmaCore<4, 8>>{});
+    if (m <= 36) return f(CoreTag<FmaCore<4, 9>>{});
+    return f(CoreTag<FmaCore<4, 10>>{});
+  }
+  if (lanes != 8 && lanes != 4) return cudaErrorInvalidValue;
+  if (m <= 8) return f(CoreTag<FmaCore<8, 1>>{});
+  if (m <= 16) return f(CoreTag<FmaCore<8, 2>>{});
+  if (m <= 24) return f(CoreTag<FmaCore<8, 3>>{});
+  if (m <= 32) return f(CoreTag<FmaCore<8, 4>>{});
+  if (m <= 40) return f(CoreTag<FmaCore<8, 5>>{});
+  if (m <= 48) return f(CoreTag<FmaCore<8, 6>>{});
+  return f(CoreTag<FmaCore<8, 8>>{});
+}
+
 // Launches args (problems with up to m rows) on the core and lane grid the first problem asks for.
 cudaError_t launch_for_rows(const KernelArgs& args, int m, int tiles, int splits,
                             cudaStream_t stream) noexcept {
-  if (args.p[0].math == SkinnyGemmMath::kTf32x3) {
-    switch ((m + 7) / 8) {
-      case 1:
-        return launch<Tf32x3Core<1>>(args, tiles, splits, stream);
-      case 2:
-        return launch<Tf32x3Core<2>>(args, tiles, splits, stream);
-      case 3:
-        return launch<Tf32x3Core<3>>(args, tiles, splits, stream);
-      case 4:
-        return launch<Tf32x3Core<4>>(args, tiles, splits, stream);
-      case 5:
-        return launch<Tf32x3Core<5>>(args, tiles, splits, stream);
-      case 6:
-        return launch<Tf32x3Core<6>>(args, tiles, splits, stream);
-      case 7:
-        return launch<Tf32x3Core<7>>(args, tiles, splits, stream);
-      default:
-        return launch<Tf32x3Core<8>>(args, tiles, splits, stream);
-    }
-  }
-  const int lane_rows = args.p[0].lane_rows == 0 ? (m <= 40 ? 4 : 8) : args.p[0].lane_rows;
-  if (lane_rows == 4 && m <= 40) {
-    if (m <= 4) return launch<FmaCore<4, 1>>(args, tiles, splits, stream);
-    if (m <= 8) return launch<FmaCore<4, 2>>(args, tiles, splits, stream);
-    if (m <= 16) return launch<FmaCore<4, 4>>(args, tiles, splits, stream);
-    if (m <= 24) return launch<FmaCore<4, 6>>(args, tiles, splits, stream);
-    if (m <= 32) return launch<FmaCore<4, 8>>(args, tiles, splits, stream);
-    if (m <= 36) return launch<FmaCore<4, 9>>(args, tiles, splits, stream);
-    return launch<FmaCore<4, 10>>(args, tiles, splits, stream);
-  }
-  if (lane_rows != 8 && lane_rows != 4) return cudaErrorInvalidValue;
-  if (m <= 8) return launch<FmaCore<8, 1>>(args, tiles, splits, stream);
-  if (m <= 16) return launch<FmaCore<8, 2>>(args, tiles, splits, stream);
-  if (m <= 24) return launch<FmaCore<8, 3>>(args, tiles, splits, stream);
-  if (m <= 32) return launch<FmaCore<8, 4>>(args, tiles, splits, stream);
-  if (m <= 40) return launch<FmaCore<8, 5>>(args, tiles, splits, stream);
-  if (m <= 48) return launch<FmaCore<8, 6>>(args, tiles, splits, stream);
-  return launch<FmaCore<8, 8>>(args, tiles, splits, stream);
+  return with_core(args.p[0].math, args.p[0].lane_rows, m, [&](auto tag) {
+    return launch<typename decltype(tag)::type>(args, tiles, splits, stream);
+  });
 }
 
 }  // namespace
@@ -713,6 +726,38 @@ cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmPara
                          std::max(first.splits, second.splits), stream);
 }
 
+bool skinny_gemm_clusters_fit(int m, SkinnyGemmMath math, int lane_rows) noexcept {
+  if (m < 1 || m > kSkinnyGemmMaxRows) return false;
+  const cudaError_t result = with_core(math, lane_rows, m, [&](auto tag) {
+    using Core = typename decltype(tag)::type;
+    constexpr int kSplits = kSkinnyGemmMaxClusterSplits;
+    const std::size_t smem = std::size_t{kStages} * stage_floats<Core>() * sizeof(float);
+    cudaError_t e = cudaFuncSetAttribute(
+        skinny_gemm_kernel<Core>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e == cudaSuccess) {
+      e = cudaFuncSetAttribute(skinny_gemm_kernel<Core>,
+                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    }
+    if (e != cudaSuccess) return e;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(1, kSplits);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = 1;
+    cluster.val.clusterDim.y = kSplits;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    int clusters = 0;
+    e = cudaOccupancyMaxActiveClusters(&clusters, skinny_gemm_kernel<Core>, &config);
+    return e == cudaSuccess && clusters > 0 ? cudaSuccess : cudaErrorNotSupported;
+  });
+  if (result != cudaSuccess) cudaGetLastError();  // a refused query leaves no sticky error
+  return result == cudaSuccess;
+}
+
 LinearGemm::LinearGemm(int max_rows, const LinearGemmOptions& options)
     : options_(options), max_rows_(max_rows) {
   INSTANTID_CHECK(options.lane_rows == 0 || options.lane_rows == 4 || options.lane_rows == 8,
@@ -726,7 +771,9 @@ LinearGemm::LinearGemm(int max_rows, const LinearGemmOptions& options)
              "LinearGemm: SM count");
   check_cuda(cudaDeviceGetAttribute(&sm_major_, cudaDevAttrComputeCapabilityMajor, device),
              "LinearGemm: compute capability");
-  cluster_reduce_ = options.cluster_reduce && sm_major_ >= 9;
+  cluster_reduce_ = options.cluster_reduce && sm_major_ >= 9 && options.path == GemmPath::kAuto &&
+                    skinny_gemm_clusters_fit(std::min(max_rows, kSkinnyGemmMaxRows), options.math,
+                                             options.lane_rows);
   if (options.path == GemmPath::kAuto && !cluster_reduce_) {
     // skinny_gemm_splits keeps tiles · splits <= the CTA target whenever splits > 1.
     const int target = std::max(1, sm_count_) * options.ctas_per_sm;

@@ -65,6 +65,11 @@ struct SkinnyGemmParams {
 // True when the skinny kernel can run this problem (sizes and 16-byte alignment as above).
 bool skinny_gemm_supported(int m, int n, int k, const float* a, const float* w) noexcept;
 
+// Whether this device can keep a cluster of kSkinnyGemmMaxClusterSplits CTAs of the kernel for
+// problems of m rows resident at once (sm_90+ and room in one GPC; false otherwise). LinearGemm
+// sums split-K partials in clusters only then.
+bool skinny_gemm_clusters_fit(int m, SkinnyGemmMath math, int lane_rows = 0) noexcept;
+
 // The split count LinearGemm uses: enough CTAs for ctas_per_sm per SM, each at least four k tiles.
 int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm = kSkinnyGemmCtasPerSm) noexcept;
 
@@ -102,8 +107,8 @@ struct LinearGemmOptions {
   int ctas_per_sm = kSkinnyGemmCtasPerSm;  // skinny split count (skinny_gemm_splits)
   int lane_rows = 0;                       // SkinnyGemmParams::lane_rows
   SkinnyGemmMath math = SkinnyGemmMath::kFp32Fma;
-  // SkinnyGemmParams::cluster_reduce wherever the device has clusters (sm_90+), with at most
-  // kSkinnyGemmMaxClusterSplits splits.
+  // SkinnyGemmParams::cluster_reduce wherever the device has clusters (sm_90+) that fit
+  // (skinny_gemm_clusters_fit), with at most kSkinnyGemmMaxClusterSplits splits.
   bool cluster_reduce = true;
 };
 

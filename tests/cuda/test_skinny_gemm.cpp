@@ -248,6 +248,8 @@ TEST_CASE("skinny GEMM matches fp64 within 2x naive fp32 (M 1..64, K 512 / 1280 
   // Split-K partials summed through the global workspace (the cluster reduction's alternative).
   LinearGemm tickets(64, gemm_options(SkinnyGemmMath::kTf32x3, false));
   INFO("cluster reduction " << tf32.cluster_reduce());
+  CHECK(tf32.cluster_reduce() == has_clusters());
+  CHECK(gemm.cluster_reduce() == has_clusters());
   CHECK_FALSE(tickets.cluster_reduce());
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
@@ -507,6 +509,15 @@ TEST_CASE("skinny GEMM: cluster reduction gives the workspace reduction's bits",
       CHECK(std::memcmp(got[0].data(), got[1].data(), got[0].size() * 4) == 0);
     }
   }
+  // Every core's largest cluster fits on this device (H100 / H200: 16 CTAs in one GPC).
+  for (int m = 1; m <= 64; ++m) {
+    INFO("M " << m);
+    CHECK(instantid::cuda::skinny_gemm_clusters_fit(m, SkinnyGemmMath::kTf32x3));
+    CHECK(instantid::cuda::skinny_gemm_clusters_fit(m, SkinnyGemmMath::kFp32Fma));
+    CHECK(instantid::cuda::skinny_gemm_clusters_fit(m, SkinnyGemmMath::kFp32Fma, 8));
+  }
+  CHECK_FALSE(instantid::cuda::skinny_gemm_clusters_fit(65, SkinnyGemmMath::kTf32x3));
+  CHECK(cudaGetLastError() == cudaSuccess);
   // More splits than a cluster holds, or pair problems with different splits: refused.
   const Problem p = random_problem(8, 64, 1280, false, 0.0f, false, 80);
   DeviceProblem d(p);
