@@ -550,8 +550,8 @@ cudaError_t launch(const KernelArgs& args, int tiles, int splits, cudaStream_t s
   }
   const bool clusters = args.cluster_reduce && splits > 1;
   if (clusters && splits > 8) {  // past the portable cluster size
-    const cudaError_t e = cudaFuncSetAttribute(
-        skinny_gemm_kernel<Core>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    const cudaError_t e = cudaFuncSetAttribute(skinny_gemm_kernel<Core>,
+                                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (e != cudaSuccess) return e;
   }
   return kernels::launch_kernel_in_clusters(
@@ -732,8 +732,9 @@ bool skinny_gemm_clusters_fit(int m, SkinnyGemmMath math, int lane_rows) noexcep
     using Core = typename decltype(tag)::type;
     constexpr int kSplits = kSkinnyGemmMaxClusterSplits;
     const std::size_t smem = std::size_t{kStages} * stage_floats<Core>() * sizeof(float);
-    cudaError_t e = cudaFuncSetAttribute(
-        skinny_gemm_kernel<Core>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    cudaError_t e =
+        cudaFuncSetAttribute(skinny_gemm_kernel<Core>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
     if (e == cudaSuccess) {
       e = cudaFuncSetAttribute(skinny_gemm_kernel<Core>,
                                cudaFuncAttributeNonPortableClusterSizeAllowed, 1);

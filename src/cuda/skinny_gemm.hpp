@@ -73,9 +73,9 @@ bool skinny_gemm_clusters_fit(int m, SkinnyGemmMath math, int lane_rows = 0) noe
 // The split count LinearGemm uses: enough CTAs for ctas_per_sm per SM, each at least four k tiles.
 int skinny_gemm_splits(int n, int k, int sm_count, int ctas_per_sm = kSkinnyGemmCtasPerSm) noexcept;
 
-// Scratch of a split-K launch (unused when splits == 1 or cluster_reduce): one ticket per 64-column output tile,
-// zero before the first launch (every launch leaves its tickets at zero), and the partial sums
-// [tiles, splits, M, 64].
+// Scratch of a split-K launch (unused when splits == 1 or cluster_reduce): one ticket per 64-column
+// output tile, zero before the first launch (every launch leaves its tickets at zero), and the
+// partial sums [tiles, splits, M, 64].
 struct SkinnyGemmWorkspace {
   unsigned* tickets = nullptr;  // [tickets_count]
   int tickets_count = 0;
@@ -103,7 +103,7 @@ enum class GemmPath { kAuto, kCublas };
 
 // How a LinearGemm runs; the defaults suit any use, GpuResamplerOptions picks the Resampler's.
 struct LinearGemmOptions {
-  GemmPath path = GemmPath::kAuto;          // kCublas: cuBLAS for every problem
+  GemmPath path = GemmPath::kAuto;         // kCublas: cuBLAS for every problem
   int ctas_per_sm = kSkinnyGemmCtasPerSm;  // skinny split count (skinny_gemm_splits)
   int lane_rows = 0;                       // SkinnyGemmParams::lane_rows
   SkinnyGemmMath math = SkinnyGemmMath::kFp32Fma;

@@ -203,8 +203,7 @@ int sm_count() {
 bool has_clusters() {
   int device = 0, major = 0;
   REQUIRE(cudaGetDevice(&device) == cudaSuccess);
-  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
-          cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess);
   return major >= 9;
 }
 
@@ -303,8 +302,8 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
           continue;
         }
         const int lane_rows = variant == 1 ? 8 : 4;
-        const SkinnyGemmMath math = variant == 2 || variant == 4 ? SkinnyGemmMath::kTf32x3
-                                                                 : SkinnyGemmMath::kFp32Fma;
+        const SkinnyGemmMath math =
+            variant == 2 || variant == 4 ? SkinnyGemmMath::kTf32x3 : SkinnyGemmMath::kFp32Fma;
         INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << sp << " lane rows "
                   << lane_rows << " 3xTF32 " << (math == SkinnyGemmMath::kTf32x3) << " cluster "
                   << cluster);

@@ -47,8 +47,8 @@ __device__ __forceinline__ void allow_next_grid() {
 // output. Callers pass early and clusters only on sm_90+.
 template <typename... Params, typename... Args>
 cudaError_t launch_kernel_in_clusters(bool early, dim3 cluster, void (*kernel)(Params...),
-                                      dim3 grid, dim3 block, std::size_t smem,
-                                      cudaStream_t stream, Args... args) noexcept {
+                                      dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                                      Args... args) noexcept {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
