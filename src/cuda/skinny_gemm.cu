@@ -537,27 +537,40 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   if (tid == 0) *ticket = 0u;
 }
 
+// Dynamic shared memory of the kernel on Core: the stage ring.
 template <typename Core>
-cudaError_t launch(const KernelArgs& args, int tiles, int splits, cudaStream_t stream) noexcept {
-  constexpr std::size_t kSmem = std::size_t{kStages} * stage_floats<Core>() * sizeof(float);
-  // Past 48 KB of shared memory in all (the kernel's static s_last included) a launch needs the
-  // opt-in; 3xTF32 at M <= 32 asks for exactly 48 KB of dynamic memory.
+constexpr std::size_t kernel_smem_bytes() {
+  return std::size_t{kStages} * stage_floats<Core>() * sizeof(float);
+}
+
+// Host-side attributes a launch of the kernel on Core needs: the shared-memory opt-in past 48 KB
+// in all (the kernel's static s_last included; 3xTF32 at M <= 32 asks for exactly 48 KB of dynamic
+// memory), and the non-portable cluster size when clusters have more than 8 CTAs.
+template <typename Core>
+cudaError_t set_kernel_attributes(int cluster_size) noexcept {
+  constexpr std::size_t kSmem = kernel_smem_bytes<Core>();
   if (kSmem + 1024 > 48 * 1024) {
     const cudaError_t e =
         cudaFuncSetAttribute(skinny_gemm_kernel<Core>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(kSmem));
     if (e != cudaSuccess) return e;
   }
-  const bool clusters = args.cluster_reduce && splits > 1;
-  if (clusters && splits > 8) {  // past the portable cluster size
-    const cudaError_t e = cudaFuncSetAttribute(skinny_gemm_kernel<Core>,
-                                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (e != cudaSuccess) return e;
+  if (cluster_size > 8) {
+    return cudaFuncSetAttribute(skinny_gemm_kernel<Core>,
+                                cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   }
+  return cudaSuccess;
+}
+
+template <typename Core>
+cudaError_t launch(const KernelArgs& args, int tiles, int splits, cudaStream_t stream) noexcept {
+  const int cluster_size = args.cluster_reduce && splits > 1 ? splits : 1;
+  const cudaError_t e = set_kernel_attributes<Core>(cluster_size);
+  if (e != cudaSuccess) return e;
   return kernels::launch_kernel_in_clusters(
-      args.p[0].programmatic, dim3(1, clusters ? static_cast<unsigned>(splits) : 1u, 1),
+      args.p[0].programmatic, dim3(1, static_cast<unsigned>(cluster_size), 1),
       skinny_gemm_kernel<Core>, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)),
-      dim3(kThreads), kSmem, stream, args);
+      dim3(kThreads), kernel_smem_bytes<Core>(), stream, args);
 }
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -731,28 +744,12 @@ bool skinny_gemm_clusters_fit(int m, SkinnyGemmMath math, int lane_rows) noexcep
   const cudaError_t result = with_core(math, lane_rows, m, [&](auto tag) {
     using Core = typename decltype(tag)::type;
     constexpr int kSplits = kSkinnyGemmMaxClusterSplits;
-    const std::size_t smem = std::size_t{kStages} * stage_floats<Core>() * sizeof(float);
-    cudaError_t e =
-        cudaFuncSetAttribute(skinny_gemm_kernel<Core>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem));
-    if (e == cudaSuccess) {
-      e = cudaFuncSetAttribute(skinny_gemm_kernel<Core>,
-                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    }
+    cudaError_t e = set_kernel_attributes<Core>(kSplits);
     if (e != cudaSuccess) return e;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(1, kSplits);
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = smem;
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = 1;
-    cluster.val.clusterDim.y = kSplits;
-    cluster.val.clusterDim.z = 1;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
+    const kernels::LaunchConfig launch(false, dim3(1, kSplits, 1), dim3(1, kSplits), dim3(kThreads),
+                                       kernel_smem_bytes<Core>(), nullptr);
     int clusters = 0;
-    e = cudaOccupancyMaxActiveClusters(&clusters, skinny_gemm_kernel<Core>, &config);
+    e = cudaOccupancyMaxActiveClusters(&clusters, skinny_gemm_kernel<Core>, &launch.config);
     return e == cudaSuccess && clusters > 0 ? cudaSuccess : cudaErrorNotSupported;
   });
   if (result != cudaSuccess) cudaGetLastError();  // a refused query leaves no sticky error

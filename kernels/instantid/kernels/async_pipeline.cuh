@@ -40,37 +40,50 @@ __device__ __forceinline__ void allow_next_grid() {
 #endif
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of `cluster` CTAs
-// (sm_90+; dim3(1, 1, 1): no clusters), with `early` as a programmatic dependent launch
-// (cudaLaunchAttributeProgrammaticStreamSerialization): it may start before the previous kernel
-// in the stream ends, so it must call wait_for_previous_grid() before reading that kernel's
-// output. Callers pass early and clusters only on sm_90+.
+// The configuration of a launch of grid × block threads with smem bytes of dynamic shared memory
+// on stream, in thread-block clusters of `cluster` CTAs (sm_90+; dim3(1, 1, 1): no clusters),
+// with `early` as a programmatic dependent launch
+// (cudaLaunchAttributeProgrammaticStreamSerialization): the kernel may start before the previous
+// kernel in the stream ends, so it must call wait_for_previous_grid() before reading that
+// kernel's output. Callers pass early and clusters only on sm_90+. Not copyable: config.attrs
+// points into attributes.
+struct LaunchConfig {
+  cudaLaunchConfig_t config{};
+  cudaLaunchAttribute attributes[2];
+
+  LaunchConfig(bool early, dim3 cluster, dim3 grid, dim3 block, std::size_t smem,
+               cudaStream_t stream) noexcept {
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    unsigned count = 0;
+    if (early) {
+      attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attributes[count].val.programmaticStreamSerializationAllowed = 1;
+      ++count;
+    }
+    if (cluster.x * cluster.y * cluster.z > 1) {
+      attributes[count].id = cudaLaunchAttributeClusterDimension;
+      attributes[count].val.clusterDim.x = cluster.x;
+      attributes[count].val.clusterDim.y = cluster.y;
+      attributes[count].val.clusterDim.z = cluster.z;
+      ++count;
+    }
+    config.attrs = attributes;
+    config.numAttrs = count;
+  }
+  LaunchConfig(const LaunchConfig&) = delete;
+  LaunchConfig& operator=(const LaunchConfig&) = delete;
+};
+
+// kernel<<<grid, block, smem, stream>>>(args...) as LaunchConfig describes it.
 template <typename... Params, typename... Args>
 cudaError_t launch_kernel_in_clusters(bool early, dim3 cluster, void (*kernel)(Params...),
                                       dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
                                       Args... args) noexcept {
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attributes[2];
-  unsigned count = 0;
-  if (early) {
-    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[count].val.programmaticStreamSerializationAllowed = 1;
-    ++count;
-  }
-  if (cluster.x * cluster.y * cluster.z > 1) {
-    attributes[count].id = cudaLaunchAttributeClusterDimension;
-    attributes[count].val.clusterDim.x = cluster.x;
-    attributes[count].val.clusterDim.y = cluster.y;
-    attributes[count].val.clusterDim.z = cluster.z;
-    ++count;
-  }
-  config.attrs = attributes;
-  config.numAttrs = count;
-  return cudaLaunchKernelEx(&config, kernel, args...);
+  LaunchConfig launch(early, cluster, grid, block, smem, stream);
+  return cudaLaunchKernelEx(&launch.config, kernel, args...);
 }
 
 // The same without clusters.
