@@ -237,6 +237,30 @@ SkinnyGemmParams kernel_params(const Problem& p, DeviceProblem& d, int splits, S
   return params;
 }
 
+// Zeroed tickets for `tiles` output tiles, room for `partials` partial sums plus `slack` floats
+// that no launch may use, and the workspace that points at them.
+struct TestWorkspace {
+  DeviceBuffer tickets, sums;
+  SkinnyGemmWorkspace ws;
+
+  TestWorkspace(int tiles, std::size_t partials, std::size_t slack = 0)
+      : tickets(static_cast<std::size_t>(tiles) * 4), sums((partials + slack) * 4) {
+    REQUIRE(cudaMemset(tickets.data(), 0, tickets.bytes()) == cudaSuccess);
+    ws.tickets = tickets.as<unsigned>();
+    ws.tickets_count = tiles;
+    ws.partials = sums.as<float>();
+    ws.partials_count = partials;
+  }
+
+  // Every launch leaves its tickets at zero.
+  void check_tickets_zero() const {
+    std::vector<unsigned> left(static_cast<std::size_t>(ws.tickets_count));
+    REQUIRE(cudaMemcpy(left.data(), tickets.data(), tickets.bytes(), cudaMemcpyDeviceToHost) ==
+            cudaSuccess);
+    for (unsigned t : left) CHECK(t == 0u);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("skinny GEMM matches fp64 within 2x naive fp32 (M 1..64, K 512 / 1280 / 5120)",
@@ -307,32 +331,13 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
         INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << sp << " lane rows "
                   << lane_rows << " 3xTF32 " << (math == SkinnyGemmMath::kTf32x3) << " cluster "
                   << cluster);
-        const int tiles = instantid::cuda::skinny_gemm_tiles(p.n);
         const std::size_t partials = instantid::cuda::skinny_gemm_partials_count(p.m, p.n, sp);
         CHECK((partials > 0) == (sp > 1));
-        DeviceBuffer tickets(static_cast<std::size_t>(tiles) * 4), sums(partials * 4);
-        REQUIRE(cudaMemset(tickets.data(), 0, tickets.bytes()) == cudaSuccess);
-        SkinnyGemmWorkspace ws;
-        ws.tickets = tickets.as<unsigned>();
-        ws.tickets_count = tiles;
-        ws.partials = sums.as<float>();
-        ws.partials_count = partials;
+        const TestWorkspace workspace(instantid::cuda::skinny_gemm_tiles(p.n), partials);
         for (int rep = 0; rep < 2; ++rep) {  // the second launch reuses the tickets the first reset
           d.reset(p);
-          SkinnyGemmParams params;
-          params.a = d.a.as<float>();
-          params.w = d.w.as<float>();
-          params.bias = d.b.as<float>();
-          params.c = d.c.as<float>();
-          params.m = p.m;
-          params.n = p.n;
-          params.k = p.k;
-          params.beta = p.beta;
-          params.splits = sp;
-          params.lane_rows = lane_rows;
-          params.math = math;
-          params.cluster_reduce = cluster;
-          REQUIRE(instantid::cuda::skinny_gemm(params, cluster ? SkinnyGemmWorkspace{} : ws,
+          REQUIRE(instantid::cuda::skinny_gemm(kernel_params(p, d, sp, math, cluster, lane_rows),
+                                               cluster ? SkinnyGemmWorkspace{} : workspace.ws,
                                                nullptr) == cudaSuccess);
           REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
           const std::vector<float> got = d.download(p);
@@ -340,10 +345,7 @@ TEST_CASE("skinny GEMM is exact on small integers for every split count", "[cuda
           for (std::size_t i = 0; i < ref.size(); ++i) wrong += got[i] != ref[i] ? 1 : 0;
           CHECK(wrong == 0);
         }
-        std::vector<unsigned> left(static_cast<std::size_t>(tiles));  // tickets back at zero
-        REQUIRE(cudaMemcpy(left.data(), tickets.data(), tickets.bytes(), cudaMemcpyDeviceToHost) ==
-                cudaSuccess);
-        for (unsigned t : left) CHECK(t == 0u);
+        workspace.check_tickets_zero();
       }
     }
   }
@@ -377,25 +379,13 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch, run_p
         tiles += instantid::cuda::skinny_gemm_tiles(p[i].n);
         partials += instantid::cuda::skinny_gemm_partials_count(p[i].m, p[i].n, splits[i]);
       }
-      DeviceBuffer tickets(static_cast<std::size_t>(tiles) * 4), sums((partials + 4) * 4);
-      REQUIRE(cudaMemset(tickets.data(), 0, tickets.bytes()) == cudaSuccess);
-      SkinnyGemmWorkspace ws;
-      ws.tickets = tickets.as<unsigned>();
-      ws.tickets_count = tiles;
-      ws.partials = sums.as<float>();
-      ws.partials_count = partials;
+      const TestWorkspace workspace(tiles, partials, 4);
+      const SkinnyGemmWorkspace& ws = workspace.ws;
       SkinnyGemmParams params[2];
       std::vector<float> alone[2];
       for (int i = 0; i < 2; ++i) {
         d[i]->reset(p[i]);
-        params[i].a = d[i]->a.as<float>();
-        params[i].w = d[i]->w.as<float>();
-        params[i].c = d[i]->c.as<float>();
-        params[i].m = p[i].m;
-        params[i].n = p[i].n;
-        params[i].k = p[i].k;
-        params[i].splits = splits[i];
-        params[i].math = math;
+        params[i] = kernel_params(p[i], *d[i], splits[i], math, false);
         REQUIRE(instantid::cuda::skinny_gemm(params[i], ws, nullptr) == cudaSuccess);
         REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
         alone[i] = d[i]->download(p[i]);
@@ -411,10 +401,7 @@ TEST_CASE("skinny GEMM pair: each problem bit-identical to its own launch, run_p
         }
         CHECK(differing == 0);
       }
-      std::vector<unsigned> left(static_cast<std::size_t>(tiles));  // tickets back at zero
-      REQUIRE(cudaMemcpy(left.data(), tickets.data(), tickets.bytes(), cudaMemcpyDeviceToHost) ==
-              cudaSuccess);
-      for (unsigned t : left) CHECK(t == 0u);
+      workspace.check_tickets_zero();
       // The two problems must multiply the same way.
       SkinnyGemmParams mixed = params[1];
       mixed.math =
@@ -474,8 +461,8 @@ TEST_CASE("skinny GEMM: cluster reduction gives the workspace reduction's bits",
     WARN("skipped: the device has no thread-block clusters (sm_90+)");
     return;
   }
-  // The Resampler's FF out (16 splits: the largest cluster), its to_kv with bias, GELU and
-  // beta · C, and a problem with every tail; each split count the same for both reductions.
+  // The Resampler's FF out (16 splits: the largest cluster), its to_kv with bias and beta · C,
+  // and a problem with every tail; each split count the same for both reductions.
   const int shapes[][4] = {{32, 1280, 5120, 16}, {34, 2560, 1280, 6}, {37, 131, 1028, 5}};
   std::uint32_t seed = 70;
   for (const auto& s : shapes) {
@@ -483,15 +470,8 @@ TEST_CASE("skinny GEMM: cluster reduction gives the workspace reduction's bits",
     const Problem p =
         random_problem(s[0], s[1], s[2], epilogue, epilogue ? 1.0f : 0.0f, false, ++seed);
     DeviceProblem d(p);
-    const int tiles = instantid::cuda::skinny_gemm_tiles(p.n);
-    const std::size_t partials = instantid::cuda::skinny_gemm_partials_count(p.m, p.n, s[3]);
-    DeviceBuffer tickets(static_cast<std::size_t>(tiles) * 4), sums(partials * 4);
-    REQUIRE(cudaMemset(tickets.data(), 0, tickets.bytes()) == cudaSuccess);
-    SkinnyGemmWorkspace ws;
-    ws.tickets = tickets.as<unsigned>();
-    ws.tickets_count = tiles;
-    ws.partials = sums.as<float>();
-    ws.partials_count = partials;
+    const TestWorkspace workspace(instantid::cuda::skinny_gemm_tiles(p.n),
+                                  instantid::cuda::skinny_gemm_partials_count(p.m, p.n, s[3]));
     for (SkinnyGemmMath math : {SkinnyGemmMath::kFp32Fma, SkinnyGemmMath::kTf32x3}) {
       INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << s[3] << " 3xTF32 "
                 << (math == SkinnyGemmMath::kTf32x3));
@@ -499,7 +479,7 @@ TEST_CASE("skinny GEMM: cluster reduction gives the workspace reduction's bits",
       for (int cluster = 0; cluster < 2; ++cluster) {
         d.reset(p);
         REQUIRE(instantid::cuda::skinny_gemm(kernel_params(p, d, s[3], math, cluster == 1),
-                                             cluster == 1 ? SkinnyGemmWorkspace{} : ws,
+                                             cluster == 1 ? SkinnyGemmWorkspace{} : workspace.ws,
                                              nullptr) == cudaSuccess);
         REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
         got[cluster] = d.download(p);  // also checks the guard cells
