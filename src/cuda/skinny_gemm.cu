@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/skinny_gemm.hpp"
 #include "instantid/kernels/async_pipeline.cuh"
@@ -369,6 +370,70 @@ constexpr std::size_t stage_floats() {
   return std::size_t{Core::kMPad + kTileN} * Core::Layout::kStride;
 }
 
+// Per-row sums of A over this CTA's k range for a folded LayerNorm (read from the stages the core
+// has just multiplied: no extra barrier or copy). They are shifted by the row's first element, so
+// the one-pass variance Σd²/K − (Σd/K)² keeps its digits for rows far from zero (tested with
+// offsets of 30 and −200). Thread tid adds rows tid / 4 + 32·i, k 8·(tid % 4) .. + 7 of every
+// stage; the four threads of a row join in a fixed order. Stored per row as {Σd, Σd²}
+// (d = a − shift) and the shift, for the tile's owners.
+template <typename Layout, int kMPad>
+struct RowSums {
+  static constexpr int kRowsPerPass = kThreads / 4;
+  static constexpr int kPasses = (kMPad + kRowsPerPass - 1) / kRowsPerPass;
+  float shift[kPasses], sum[kPasses], sq[kPasses];
+  int row0, kq;
+
+  __device__ RowSums(int tid) : row0(tid / 4), kq(8 * (tid % 4)) {
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) shift[i] = sum[i] = sq[i] = 0.0f;
+  }
+
+  // After the wait for the previous kernel: A's first column.
+  __device__ void load_shifts(const SkinnyGemmParams& p) {
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = row0 + kRowsPerPass * i;
+      if (r < p.m) shift[i] = p.a[static_cast<std::int64_t>(r) * p.k];
+    }
+  }
+
+  // The stage sa holds k [k0, k0 + 32); columns past k are zero-filled and skipped.
+  __device__ void add(const float* sa, int k0, int k) {
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = row0 + kRowsPerPass * i;
+      if (r >= kMPad) break;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (k0 + kq + 4 * h >= k) break;
+        const float4 v = *reinterpret_cast<const float4*>(sa + Layout::offset(r, kq + 4 * h));
+        const float d[4] = {v.x - shift[i], v.y - shift[i], v.z - shift[i], v.w - shift[i]};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          sum[i] += d[u];
+          sq[i] = fmaf(d[u], d[u], sq[i]);
+        }
+      }
+    }
+  }
+
+  __device__ void publish(float2* sums /*[kMPad]*/, float* shifts /*[kMPad]*/, int m) {
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+#pragma unroll
+      for (int o = 1; o < 4; o *= 2) {
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], o);
+        sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], o);
+      }
+      const int r = row0 + kRowsPerPass * i;
+      if (kq == 0 && r < m) {
+        sums[r] = make_float2(sum[i], sq[i]);
+        shifts[r] = shift[i];
+      }
+    }
+  }
+};
+
 // Split K within a cluster (sm_90+): each CTA leaves its partial [M, 64] in its own shared
 // memory; after the cluster barrier CTA rank r (= split r: clusters are (1, splits, 1) and the
 // grid has splits rows) sums its share of the tile over every rank's partial, in split order
@@ -376,18 +441,54 @@ constexpr std::size_t stage_floats() {
 // keeps each CTA's shared memory alive until all have read it. Measured alternatives (pushing
 // partials into the owner's memory; arriving at the second barrier before the epilogue):
 // docs/performance.md.
-template <typename Core>
-__device__ void cluster_reduce_tile(const Core& core, float* smem, const SkinnyGemmParams& p,
-                                    int n0) {
+// With a folded LayerNorm (Sums = RowSums) the row sums travel the same way: each CTA publishes
+// its rows' shifted sums after its partial, and the owner of a float4 adds its row's sums over the
+// ranks in split order before it normalises. A launch without clusters is a cluster of one CTA.
+template <typename Core, typename Sums>
+__device__ void cluster_reduce_tile(const Core& core, Sums* row_sums, float* smem,
+                                    const SkinnyGemmParams& p, int n0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
+  constexpr bool kRowNorm = !std::is_same_v<Sums, void>;
   const cg::cluster_group cluster = cg::this_cluster();
   __syncthreads();  // join() read the stage buffers
   core.for_each_output([&](int m, int col, float v) {
     if (m < p.m) smem[m * kTileN + col] = v;
   });
+  // After the partial [kMPad, 64]: the row sums, shifts and {mean, inv} of a folded LayerNorm.
+  static_assert(Core::kMPad % 2 == 0 &&
+                    Core::kMPad * (kTileN + 5) <= kStages * static_cast<int>(stage_floats<Core>()),
+                "the row statistics fit the stage buffers, float2-aligned");
+  float2* stats = reinterpret_cast<float2*>(smem + Core::kMPad * kTileN);       // [kMPad]
+  float* shifts = smem + Core::kMPad * (kTileN + 2);                            // [kMPad]
+  float2* norm = reinterpret_cast<float2*>(smem + Core::kMPad * (kTileN + 3));  // [kMPad]
+  if constexpr (kRowNorm) row_sums->publish(stats, shifts, p.m);
   cluster.sync();
   const int splits = static_cast<int>(cluster.num_blocks());
+  if constexpr (kRowNorm) {
+    // Row statistics first (one thread per row): loading them beside the partials below would
+    // hold twice the remote addresses (244 instead of 138 registers, 2 instead of 3 CTAs per SM).
+    const int m = threadIdx.x;
+    if (m < p.m) {
+      float2 st[kSkinnyGemmMaxClusterSplits];
+#pragma unroll
+      for (int r = 0; r < kSkinnyGemmMaxClusterSplits; ++r) {
+        if (r < splits) st[r] = cluster.map_shared_rank(stats, r)[m];
+      }
+      float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+      for (int r = 0; r < kSkinnyGemmMaxClusterSplits; ++r) {
+        if (r < splits) {
+          s1 += st[r].x;
+          s2 += st[r].y;
+        }
+      }
+      const float mean_d = s1 / static_cast<float>(p.k);
+      const float var = fmaxf(s2 / static_cast<float>(p.k) - mean_d * mean_d, 0.0f);
+      norm[m] = make_float2(shifts[m] + mean_d, rsqrtf(var + p.row_norm_eps));
+    }
+    __syncthreads();
+  }
   const int count4 = p.m * kTileN / 4;
   const int share = (count4 + splits - 1) / splits;
   const int first = static_cast<int>(cluster.block_rank()) * share;
@@ -403,14 +504,24 @@ __device__ void cluster_reduce_tile(const Core& core, float* smem, const SkinnyG
     for (int r = 0; r < kSkinnyGemmMaxClusterSplits; ++r) {
       if (r < splits) add4(sum, x[r]);
     }
+    if constexpr (kRowNorm) {
+      const float2 mi = norm[(first + i) * 4 / kTileN];  // {mean, inv} of the float4's row
+      const int n = n0 + (first + i) * 4 % kTileN;
+      const auto normalise = [&](float v, int u) {
+        return n + u < p.n ? mi.y * fmaf(-mi.x, p.row_norm_colsum[n + u], v) : v;
+      };
+      sum = make_float4(normalise(sum.x, 0), normalise(sum.y, 1), normalise(sum.z, 2),
+                        normalise(sum.w, 3));
+    }
     store_sum4(p, n0, first + i, sum);
   }
   cluster.sync();
 #endif
 }
 
-// One CTA: output columns [64·blockIdx.x, +64) over k tiles [split range of blockIdx.y].
-template <typename Core>
+// One CTA: output columns [64·blockIdx.x, +64) over k tiles [split range of blockIdx.y]. kRowNorm:
+// the problem folds a LayerNorm (row_norm_colsum; one problem, cluster sums).
+template <typename Core, bool kRowNorm>
 __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) {
   using Layout = typename Core::Layout;
   constexpr int kMPad = Core::kMPad;
@@ -443,6 +554,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   };
 
   Core core(tid / 32, tid % 32);
+  [[maybe_unused]] std::conditional_t<kRowNorm, RowSums<Layout, kMPad>, int> row_sums(tid);
 
   // Weights never change between kernels: fetch the first tiles, wait for the previous kernel
   // (programmatic launch), let the next one start (it prefetches its own weights meanwhile), then
@@ -453,6 +565,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   }
   kernels::wait_for_previous_grid();
   kernels::allow_next_grid();
+  if constexpr (kRowNorm) row_sums.load_shifts(p);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < count) load_a(s, s);
@@ -468,12 +581,13 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
     kernels::cp_async_commit();
     const float* sa = smem + (t % kStages) * kStageFloats;
     core.multiply(sa, sa + kMPad * Layout::kStride);
+    if constexpr (kRowNorm) row_sums.add(sa, (t_begin + t) * kTileK, p.k);
   }
   kernels::cp_async_wait<0>();
   __syncthreads();
   core.join(smem);
 
-  if (p.splits == 1) {
+  if (p.splits == 1 && !kRowNorm) {
     core.for_each_output([&](int m, int col, float v) {
       const int n = n0 + col;
       if (m < p.m && n < p.n) p.c[static_cast<std::int64_t>(m) * p.n + n] = epilogue(v, p, m, n);
@@ -482,9 +596,14 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(KernelArgs args) 
   }
 
   if (args.cluster_reduce) {
-    cluster_reduce_tile(core, smem, p, n0);
+    if constexpr (kRowNorm) {
+      cluster_reduce_tile(core, &row_sums, smem, p, n0);
+    } else {
+      cluster_reduce_tile(core, static_cast<void*>(nullptr), smem, p, n0);
+    }
     return;
   }
+  if constexpr (kRowNorm) return;  // refused on the host
 
   // Split K: publish this CTA's partial, take a ticket; the last CTA of the tile sums all
   // partials in split order (s = 0, 1, ...) and writes C.
@@ -546,31 +665,32 @@ constexpr std::size_t kernel_smem_bytes() {
 // Host-side attributes a launch of the kernel on Core needs: the shared-memory opt-in past 48 KB
 // in all (the kernel's static s_last included; 3xTF32 at M <= 32 asks for exactly 48 KB of dynamic
 // memory), and the non-portable cluster size when clusters have more than 8 CTAs.
-template <typename Core>
+template <typename Core, bool kRowNorm>
 cudaError_t set_kernel_attributes(int cluster_size) noexcept {
   constexpr std::size_t kSmem = kernel_smem_bytes<Core>();
   if (kSmem + 1024 > 48 * 1024) {
     const cudaError_t e =
-        cudaFuncSetAttribute(skinny_gemm_kernel<Core>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kSmem));
+        cudaFuncSetAttribute(skinny_gemm_kernel<Core, kRowNorm>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
     if (e != cudaSuccess) return e;
   }
   if (cluster_size > 8) {
-    return cudaFuncSetAttribute(skinny_gemm_kernel<Core>,
+    return cudaFuncSetAttribute(skinny_gemm_kernel<Core, kRowNorm>,
                                 cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   }
   return cudaSuccess;
 }
 
-template <typename Core>
+template <typename Core, bool kRowNorm>
 cudaError_t launch(const KernelArgs& args, int tiles, int splits, cudaStream_t stream) noexcept {
   const int cluster_size = args.cluster_reduce && splits > 1 ? splits : 1;
-  const cudaError_t e = set_kernel_attributes<Core>(cluster_size);
+  const cudaError_t e = set_kernel_attributes<Core, kRowNorm>(cluster_size);
   if (e != cudaSuccess) return e;
   return kernels::launch_kernel_in_clusters(
       args.p[0].programmatic, dim3(1, static_cast<unsigned>(cluster_size), 1),
-      skinny_gemm_kernel<Core>, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)),
-      dim3(kThreads), kernel_smem_bytes<Core>(), stream, args);
+      skinny_gemm_kernel<Core, kRowNorm>,
+      dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(splits)), dim3(kThreads),
+      kernel_smem_bytes<Core>(), stream, args);
 }
 
 int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -586,7 +706,50 @@ __global__ void bias_gelu_kernel(float* c /*[rows, cols]*/, const float* bias /*
   c[i] = v;
 }
 
+// Block j folds row j of w (fold_layer_norm_into_linear): fp64 sums over the threads' columns,
+// joined in a fixed order.
+constexpr int kFoldThreads = 256;
+__global__ void fold_layer_norm_kernel(float* w /*[n, k]*/, const float* gamma /*[k]*/,
+                                       const float* beta /*[k]*/, const float* b /*[n] or null*/,
+                                       int k, float* colsum /*[n]*/, float* bias /*[n]*/) {
+  __shared__ double partial[2][kFoldThreads];
+  float* row = w + static_cast<std::int64_t>(blockIdx.x) * k;
+  double s_w = 0.0, s_b = 0.0;
+  for (int c = threadIdx.x; c < k; c += kFoldThreads) {
+    const float folded = row[c] * gamma[c];
+    s_b += static_cast<double>(row[c]) * beta[c];
+    s_w += folded;
+    row[c] = folded;
+  }
+  partial[0][threadIdx.x] = s_w;
+  partial[1][threadIdx.x] = s_b;
+  __syncthreads();
+  for (int half = kFoldThreads / 2; half > 0; half /= 2) {
+    if (static_cast<int>(threadIdx.x) < half) {
+      partial[0][threadIdx.x] += partial[0][threadIdx.x + half];
+      partial[1][threadIdx.x] += partial[1][threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    colsum[blockIdx.x] = static_cast<float>(partial[0][0]);
+    bias[blockIdx.x] = static_cast<float>(partial[1][0] + (b != nullptr ? b[blockIdx.x] : 0.0f));
+  }
+}
+
 }  // namespace
+
+cudaError_t fold_layer_norm_into_linear(float* w, const float* gamma, const float* beta,
+                                        const float* b, int n, int k, float* colsum, float* bias,
+                                        cudaStream_t stream) noexcept {
+  if (w == nullptr || gamma == nullptr || beta == nullptr || colsum == nullptr || bias == nullptr ||
+      n < 1 || k < 1) {
+    return cudaErrorInvalidValue;
+  }
+  fold_layer_norm_kernel<<<static_cast<unsigned>(n), kFoldThreads, 0, stream>>>(w, gamma, beta, b,
+                                                                                k, colsum, bias);
+  return cudaGetLastError();
+}
 
 bool skinny_gemm_supported(int m, int n, int k, const float* a, const float* w) noexcept {
   const auto aligned = [](const float* ptr) {
@@ -633,6 +796,10 @@ bool prepare_problem(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& 
   const int k_tiles = ceil_div(params.k, kTileK);
   if (params.splits < 1 || params.splits > k_tiles) return false;
   if (params.cluster_reduce && params.splits > kSkinnyGemmMaxClusterSplits) return false;
+  if (params.row_norm_colsum != nullptr &&
+      (!params.cluster_reduce || !(params.row_norm_eps > 0.0f) || slot != 0)) {
+    return false;
+  }
   const int tiles = skinny_gemm_tiles(params.n);
   if (params.splits > 1 && !params.cluster_reduce) {
     if (workspace.tickets == nullptr || workspace.tickets_count < ticket_offset + tiles ||
@@ -702,7 +869,9 @@ cudaError_t with_core(SkinnyGemmMath math, int lane_rows, int m, F&& f) noexcept
 cudaError_t launch_for_rows(const KernelArgs& args, int m, int tiles, int splits,
                             cudaStream_t stream) noexcept {
   return with_core(args.p[0].math, args.p[0].lane_rows, m, [&](auto tag) {
-    return launch<typename decltype(tag)::type>(args, tiles, splits, stream);
+    using Core = typename decltype(tag)::type;
+    return args.p[0].row_norm_colsum != nullptr ? launch<Core, true>(args, tiles, splits, stream)
+                                                : launch<Core, false>(args, tiles, splits, stream);
   });
 }
 
@@ -712,6 +881,14 @@ cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspac
                         cudaStream_t stream) noexcept {
   KernelArgs args;
   if (!prepare_problem(params, workspace, 0, 0, 0, args)) return cudaErrorInvalidValue;
+  if (params.row_norm_colsum != nullptr) {  // the row sums meet in cluster code (sm_90+)
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        major < 9) {
+      return cudaErrorInvalidValue;
+    }
+  }
   args.cluster_reduce = params.cluster_reduce;
   args.tickets = workspace.tickets;
   args.tiles0 = skinny_gemm_tiles(params.n);
@@ -722,7 +899,8 @@ cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmPara
                              const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept {
   if (first.programmatic != second.programmatic || first.lane_rows != second.lane_rows ||
       first.math != second.math || first.cluster_reduce != second.cluster_reduce ||
-      (first.cluster_reduce && first.splits != second.splits)) {
+      (first.cluster_reduce && first.splits != second.splits) || first.row_norm_colsum != nullptr ||
+      second.row_norm_colsum != nullptr) {
     return cudaErrorInvalidValue;
   }
   KernelArgs args;
@@ -744,12 +922,12 @@ bool skinny_gemm_clusters_fit(int m, SkinnyGemmMath math, int lane_rows) noexcep
   const cudaError_t result = with_core(math, lane_rows, m, [&](auto tag) {
     using Core = typename decltype(tag)::type;
     constexpr int kSplits = kSkinnyGemmMaxClusterSplits;
-    cudaError_t e = set_kernel_attributes<Core>(kSplits);
+    cudaError_t e = set_kernel_attributes<Core, false>(kSplits);
     if (e != cudaSuccess) return e;
     const kernels::LaunchConfig launch(false, dim3(1, kSplits, 1), dim3(1, kSplits), dim3(kThreads),
                                        kernel_smem_bytes<Core>(), nullptr);
     int clusters = 0;
-    e = cudaOccupancyMaxActiveClusters(&clusters, skinny_gemm_kernel<Core>, &launch.config);
+    e = cudaOccupancyMaxActiveClusters(&clusters, skinny_gemm_kernel<Core, false>, &launch.config);
     return e == cudaSuccess && clusters > 0 ? cudaSuccess : cudaErrorNotSupported;
   });
   if (result != cudaSuccess) cudaGetLastError();  // a refused query leaves no sticky error
@@ -854,6 +1032,25 @@ void LinearGemm::run(const float* a, const float* w, const float* bias, float* c
                        kEpilogueThreads, 0, stream>>>(c, bias, total, out, gelu);
     check_cuda(cudaGetLastError(), "LinearGemm: bias/GELU kernel");
   }
+}
+
+void LinearGemm::run_row_normalized(const float* a, const float* w, const float* colsum,
+                                    const float* bias, float* c, int rows, int out, int in,
+                                    float eps, bool gelu, cudaStream_t stream) {
+  INSTANTID_CHECK(row_norm_supported(rows), "LinearGemm::run_row_normalized: rows: got ", rows,
+                  ", expected 1..", std::min(max_rows_, kSkinnyGemmMaxRows),
+                  cluster_reduce_ ? "" : " on a device with cluster sums (sm_90+)");
+  INSTANTID_CHECK(out >= 1 && in >= 1 && a != nullptr && w != nullptr && colsum != nullptr &&
+                      c != nullptr && skinny_gemm_supported(rows, out, in, a, w),
+                  "LinearGemm::run_row_normalized: got [", rows, ", ", in, "] x [", out, ", ", in,
+                  "]ᵀ, expected non-null 16-byte aligned device pointers and in a multiple of 4");
+  INSTANTID_CHECK(eps > 0.0f, "LinearGemm::run_row_normalized: eps: got ", eps, ", expected > 0");
+  SkinnyGemmParams p = skinny_params({a, w, c, rows, out, in}, splits_for(out, in));
+  p.bias = bias;
+  p.gelu = gelu;
+  p.row_norm_colsum = colsum;
+  p.row_norm_eps = eps;
+  check_cuda(skinny_gemm(p, workspace_, stream), "LinearGemm: skinny_gemm (row-normalised)");
 }
 
 void LinearGemm::run_pair(const Product& first, const Product& second, cudaStream_t stream) {

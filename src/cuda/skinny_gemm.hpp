@@ -8,13 +8,16 @@
 // The partial sums of an output tile are added in split order, so results are deterministic for
 // a given device and shape: on sm_90+ the splits of a tile form a thread-block cluster and add
 // each other's partials from distributed shared memory; elsewhere the last CTA of a tile (an
-// integer ticket, no float atomics) sums them from a global workspace. LinearGemm picks it or
+// integer ticket, no float atomics) sums them from a global workspace. With cluster sums a
+// LayerNorm of A's rows can be folded into the product (row_norm_colsum, fold_layer_norm_into_
+// linear): the splits add their rows' sums with their partials. LinearGemm picks the kernel or
 // falls back to cuBLAS SGEMM (pedantic math, no TF32). Numerical contract and measurements:
 // docs/kernels.md and docs/performance.md ("Resampler").
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 
 #include "cuda/cuda_check.hpp"
@@ -44,7 +47,14 @@ struct SkinnyGemmParams {
   int m = 0, n = 0, k = 0;      // 1 <= M <= 64, N >= 1, K >= 4 and a multiple of 4
   float beta = 0.0f;
   bool gelu = false;  // exact erf GELU on A·Wᵀ + bias, before beta·C is added
-  int splits = 1;     // K is cut into this many CTA ranges (1 .. ceil(K / 32))
+  // A LayerNorm of A's rows folded into the product (cluster_reduce only; see
+  // fold_layer_norm_into_linear): C = act(inv_m·(A·Wᵀ − mean_m·row_norm_colsum) + bias) + beta·C,
+  // with mean_m and inv_m = 1 / sqrt(var_m + row_norm_eps) of row m of A over its K columns
+  // (biased variance). The CTAs of a tile sum each row's shifted sums over their k ranges with
+  // their partials, so the LayerNorm costs no launch of its own.
+  const float* row_norm_colsum = nullptr;  // [N], or null: no LayerNorm
+  float row_norm_eps = 1e-5f;
+  int splits = 1;  // K is cut into this many CTA ranges (1 .. ceil(K / 32))
   // sm_90+ only: the splits of each output tile run as one thread-block cluster and sum their
   // partials through distributed shared memory (splits <= kSkinnyGemmMaxClusterSplits; no
   // workspace needed). Otherwise the workspace's tickets and partials do it (a fence, an atomic
@@ -91,11 +101,19 @@ std::size_t skinny_gemm_partials_count(int m, int n, int splits) noexcept;  // f
 cudaError_t skinny_gemm(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& workspace,
                         cudaStream_t stream) noexcept;
 
+// LayerNorm(x)·Wᵀ + b = inv·(x·W′ᵀ − mean·colsum) + bias with W′ = W·diag(γ), colsum = W′·1 and
+// bias = W·β + b: rewrites w [n, k] (device) into W′ in place and writes colsum [n] and bias [n]
+// (device; b [n] or null). Sums in fp64. One kernel on stream; for
+// SkinnyGemmParams::row_norm_colsum.
+cudaError_t fold_layer_norm_into_linear(float* w, const float* gamma /*[k]*/,
+                                        const float* beta /*[k]*/, const float* b, int n, int k,
+                                        float* colsum, float* bias, cudaStream_t stream) noexcept;
+
 // Two independent problems in one kernel (one pipeline fill and drain instead of two): the
 // tickets of the second follow the first's tiles, its partials the first's partial sums. Each
 // problem's results are bit-identical to its own skinny_gemm launch with the same splits. Both
 // must agree on programmatic, lane_rows, math and cluster_reduce, and with cluster_reduce on
-// splits.
+// splits; neither may fold a LayerNorm.
 cudaError_t skinny_gemm_pair(const SkinnyGemmParams& first, const SkinnyGemmParams& second,
                              const SkinnyGemmWorkspace& workspace, cudaStream_t stream) noexcept;
 
@@ -138,6 +156,18 @@ class LinearGemm {
     int rows, out, in;
   };
   void run_pair(const Product& first, const Product& second, cudaStream_t stream);
+
+  // C = act(LayerNorm(A)·Wᵀ + b) with the LayerNorm's γ, β and b folded into w, colsum and bias
+  // by fold_layer_norm_into_linear (SkinnyGemmParams::row_norm_colsum); one skinny launch. Only
+  // where row_norm_supported.
+  void run_row_normalized(const float* a, const float* w, const float* colsum, const float* bias,
+                          float* c, int rows, int out, int in, float eps, bool gelu,
+                          cudaStream_t stream);
+  // Whether run_row_normalized takes problems of this many rows (cluster sums and the skinny
+  // kernel's rows).
+  bool row_norm_supported(int rows) const noexcept {
+    return cluster_reduce_ && rows >= 1 && rows <= std::min(max_rows_, kSkinnyGemmMaxRows);
+  }
 
   // Whether run() with these arguments takes the skinny kernel.
   bool uses_skinny(int rows, int out, int in, const float* a, const float* w) const noexcept;

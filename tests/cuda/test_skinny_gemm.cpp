@@ -159,11 +159,10 @@ struct DeviceProblem {
   }
 };
 
-// Max |err| of got and of the naive fp32 result against fp64; checks the 2× rule and finiteness.
-void check_accuracy(const Problem& p, const std::vector<float>& got, const char* what,
-                    double factor = 2.0) {
-  const std::vector<double> ref = expected_fp64(p);
-  const std::vector<float> naive = naive_fp32(p);
+// Max |err| of got and of naive against ref; checks the 2× rule and finiteness.
+void check_against(const Problem& p, const std::vector<double>& ref,
+                   const std::vector<float>& naive, const std::vector<float>& got, const char* what,
+                   double factor = 2.0) {
   double err = 0.0, naive_err = 0.0, ref_max = 0.0;
   std::size_t non_finite = 0;
   for (std::size_t i = 0; i < ref.size(); ++i) {
@@ -181,6 +180,12 @@ void check_accuracy(const Problem& p, const std::vector<float>& got, const char*
   CHECK(ref_max > 0.5);
   CHECK(naive_err > 0.0);
   CHECK(err <= factor * naive_err);
+}
+
+// The same against the problem's fp64 and naive fp32 results.
+void check_accuracy(const Problem& p, const std::vector<float>& got, const char* what,
+                    double factor = 2.0) {
+  check_against(p, expected_fp64(p), naive_fp32(p), got, what, factor);
 }
 
 std::vector<float> run_linear(LinearGemm& gemm, const Problem& p, DeviceProblem& d,
@@ -552,6 +557,189 @@ TEST_CASE("skinny GEMM: shapes it refuses fall back to cuBLAS", "[cuda][skinny_g
   DeviceProblem d(p);
   CHECK_FALSE(forced.uses_skinny(p.m, p.n, p.k, d.a.as<float>(), d.w.as<float>()));
   check_accuracy(p, run_linear(forced, p, d, stream), "cublas", 4.0);
+  cudaStreamDestroy(stream);
+}
+
+namespace {
+
+// A LayerNorm (biased variance, eps 1e-5, affine) of each row of p.a, in T with two passes (the
+// naive fp32 form is the Resampler's LayerNorm kernel's arithmetic).
+template <typename T>
+std::vector<float> layer_norm_rows(const Problem& p, const std::vector<float>& gamma,
+                                   const std::vector<float>& beta, std::vector<double>* exact) {
+  std::vector<float> y(p.a.size());
+  if (exact != nullptr) exact->resize(p.a.size());
+  for (int r = 0; r < p.m; ++r) {
+    const float* x = p.a.data() + static_cast<std::size_t>(r) * p.k;
+    T mean = 0, var = 0;
+    for (int c = 0; c < p.k; ++c) mean += x[c];
+    mean /= static_cast<T>(p.k);
+    for (int c = 0; c < p.k; ++c) var += (x[c] - mean) * (x[c] - mean);
+    const T inv = T(1) / std::sqrt(var / static_cast<T>(p.k) + T(1e-5));
+    for (int c = 0; c < p.k; ++c) {
+      const T v = (x[c] - mean) * inv * gamma[c] + beta[c];
+      y[static_cast<std::size_t>(r) * p.k + c] = static_cast<float>(v);
+      if (exact != nullptr) (*exact)[static_cast<std::size_t>(r) * p.k + c] = v;
+    }
+  }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("skinny GEMM with a folded LayerNorm matches fp64 within 2x naive fp32",
+          "[cuda][skinny_gemm]") {
+  if (!has_clusters()) {
+    WARN("skipped: the row sums of a folded LayerNorm meet in clusters (sm_90+)");
+    return;
+  }
+  // {M, N, K, splits, row offset}: the Resampler's FF in (5120 × 1280, 4 splits); one row, a
+  // partial k tile and one CTA per tile (a cluster of one); every tail; 64 rows (two rows per
+  // thread in the row sums) in the largest cluster; rows far from zero (the shifted sums).
+  const int shapes[][5] = {{32, 5120, 1280, 4, 0}, {1, 64, 36, 1, 0},
+                           {17, 131, 1028, 5, 0},  {64, 256, 512, 16, 0},
+                           {34, 100, 1280, 7, 30}, {16, 320, 1280, 10, -200}};
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  std::uint32_t seed = 300;
+  for (const auto& s : shapes) {
+    const bool gelu = s[0] != 17, bias = s[0] != 1;
+    Problem p = random_problem(s[0], s[1], s[2], bias, 0.0f, gelu, ++seed);
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int r = 0; r < p.m; ++r) {  // rows with their own offsets and spreads
+      const float offset = static_cast<float>(s[4]) + normal(rng), spread = 0.5f + r % 3;
+      for (int c = 0; c < p.k; ++c) {
+        float& e = p.a[static_cast<std::size_t>(r) * p.k + c];
+        e = offset + spread * e;
+      }
+    }
+    std::vector<float> gamma(static_cast<std::size_t>(p.k)), beta(gamma.size());
+    for (float& g : gamma) g = 1.0f + 0.3f * normal(rng);
+    for (float& b : beta) b = 0.2f * normal(rng);
+    INFO("M " << p.m << " N " << p.n << " K " << p.k << " splits " << s[3] << " offset " << s[4]);
+
+    // References: LayerNorm then the product, in fp64 and naively in fp32.
+    std::vector<double> normed_exact;
+    Problem normed = p;
+    layer_norm_rows<double>(p, gamma, beta, &normed_exact);
+    std::vector<double> ref(static_cast<std::size_t>(p.m) * p.n);
+    for (int r = 0; r < p.m; ++r) {
+      for (int o = 0; o < p.n; ++o) {
+        double acc = p.bias ? p.b[static_cast<std::size_t>(o)] : 0.0;
+        for (int c = 0; c < p.k; ++c)
+          acc += normed_exact[static_cast<std::size_t>(r) * p.k + c] *
+                 p.w[static_cast<std::size_t>(o) * p.k + c];
+        ref[static_cast<std::size_t>(r) * p.n + o] = gelu ? gelu64(acc) : acc;
+      }
+    }
+    normed.a = layer_norm_rows<float>(p, gamma, beta, nullptr);
+    const std::vector<float> naive = naive_fp32(normed);
+
+    // The fold on the device: W·diag(γ) exactly, its row sums and W·β + b to fp64 sums.
+    DeviceProblem d(p);
+    DeviceBuffer gamma_d(gamma.size() * 4), beta_d(beta.size() * 4), colsum_d(p.b.size() * 4),
+        bias_d(p.b.size() * 4);
+    REQUIRE(cudaMemcpy(gamma_d.data(), gamma.data(), gamma_d.bytes(), cudaMemcpyHostToDevice) ==
+            cudaSuccess);
+    REQUIRE(cudaMemcpy(beta_d.data(), beta.data(), beta_d.bytes(), cudaMemcpyHostToDevice) ==
+            cudaSuccess);
+    REQUIRE(instantid::cuda::fold_layer_norm_into_linear(
+                d.w.as<float>(), gamma_d.as<float>(), beta_d.as<float>(),
+                p.bias ? d.b.as<float>() : nullptr, p.n, p.k, colsum_d.as<float>(),
+                bias_d.as<float>(), stream) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    std::vector<float> w_folded(p.w.size()), colsum(p.b.size()), bias_folded(p.b.size());
+    REQUIRE(cudaMemcpy(w_folded.data(), d.w.data(), d.w.bytes(), cudaMemcpyDeviceToHost) ==
+            cudaSuccess);
+    REQUIRE(cudaMemcpy(colsum.data(), colsum_d.data(), colsum_d.bytes(), cudaMemcpyDeviceToHost) ==
+            cudaSuccess);
+    REQUIRE(cudaMemcpy(bias_folded.data(), bias_d.data(), bias_d.bytes(), cudaMemcpyDeviceToHost) ==
+            cudaSuccess);
+    std::size_t fold_mismatches = 0;
+    double colsum_err = 0.0, bias_err = 0.0;
+    for (int o = 0; o < p.n; ++o) {
+      double sw = 0.0, sb = p.bias ? p.b[static_cast<std::size_t>(o)] : 0.0;
+      for (int c = 0; c < p.k; ++c) {
+        const std::size_t i = static_cast<std::size_t>(o) * p.k + c;
+        const float want = p.w[i] * gamma[static_cast<std::size_t>(c)];
+        fold_mismatches += std::memcmp(&want, &w_folded[i], 4) != 0 ? 1 : 0;
+        sw += want;
+        sb += static_cast<double>(p.w[i]) * beta[static_cast<std::size_t>(c)];
+      }
+      colsum_err = std::max(colsum_err, std::abs(colsum[static_cast<std::size_t>(o)] - sw) /
+                                            std::max(1.0, std::abs(sw)));
+      bias_err = std::max(bias_err, std::abs(bias_folded[static_cast<std::size_t>(o)] - sb) /
+                                        std::max(1.0, std::abs(sb)));
+    }
+    CHECK(fold_mismatches == 0);
+    CHECK(colsum_err < 1e-7);  // one fp32 rounding of an fp64 sum
+    CHECK(bias_err < 1e-7);
+
+    // The kernel at the given split count, twice (same bits), for both cores.
+    for (SkinnyGemmMath math : {SkinnyGemmMath::kTf32x3, SkinnyGemmMath::kFp32Fma}) {
+      INFO("3xTF32 " << (math == SkinnyGemmMath::kTf32x3));
+      SkinnyGemmParams params = kernel_params(p, d, s[3], math, true);
+      params.bias = bias_d.as<float>();
+      params.row_norm_colsum = colsum_d.as<float>();
+      std::vector<float> got[2];
+      for (int rep = 0; rep < 2; ++rep) {
+        d.reset(p);
+        REQUIRE(instantid::cuda::skinny_gemm(params, SkinnyGemmWorkspace{}, stream) == cudaSuccess);
+        REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+        got[rep] = d.download(p);  // also checks the guard cells
+      }
+      check_against(p, ref, naive, got[0], "folded-LN");
+      CHECK(std::memcmp(got[0].data(), got[1].data(), got[0].size() * 4) == 0);
+    }
+    // LinearGemm's entry point (its own split count).
+    LinearGemm gemm(64, gemm_options(SkinnyGemmMath::kTf32x3));
+    REQUIRE(gemm.row_norm_supported(p.m));
+    d.reset(p);
+    gemm.run_row_normalized(d.a.as<float>(), d.w.as<float>(), colsum_d.as<float>(),
+                            bias_d.as<float>(), d.c.as<float>(), p.m, p.n, p.k, 1e-5f, gelu,
+                            stream);
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    check_against(p, ref, naive, d.download(p), "folded-LN (LinearGemm)");
+  }
+
+  // Refused: without cluster sums, in a pair, eps not above zero; LinearGemm without clusters or
+  // with too many rows.
+  const Problem p = random_problem(8, 64, 128, false, 0.0f, false, 90);
+  DeviceProblem d(p);
+  SkinnyGemmParams ok = kernel_params(p, d, 2, SkinnyGemmMath::kTf32x3, true);
+  ok.row_norm_colsum = d.b.as<float>();
+  REQUIRE(instantid::cuda::skinny_gemm(ok, SkinnyGemmWorkspace{}, nullptr) == cudaSuccess);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const TestWorkspace workspace(1, instantid::cuda::skinny_gemm_partials_count(p.m, p.n, 2));
+  SkinnyGemmParams bad = ok;
+  bad.cluster_reduce = false;
+  CHECK(instantid::cuda::skinny_gemm(bad, workspace.ws, nullptr) == cudaErrorInvalidValue);
+  for (float eps : {0.0f, -1.0f, std::nanf("")}) {
+    bad = ok;
+    bad.row_norm_eps = eps;
+    CHECK(instantid::cuda::skinny_gemm(bad, SkinnyGemmWorkspace{}, nullptr) ==
+          cudaErrorInvalidValue);
+  }
+  SkinnyGemmParams plain = ok;
+  plain.row_norm_colsum = nullptr;
+  CHECK(instantid::cuda::skinny_gemm_pair(ok, plain, SkinnyGemmWorkspace{}, nullptr) ==
+        cudaErrorInvalidValue);
+  CHECK(instantid::cuda::skinny_gemm_pair(plain, ok, SkinnyGemmWorkspace{}, nullptr) ==
+        cudaErrorInvalidValue);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  LinearGemm no_clusters(64, gemm_options(SkinnyGemmMath::kTf32x3, false));
+  CHECK_FALSE(no_clusters.row_norm_supported(8));
+  REQUIRE_THROWS_WITH(no_clusters.run_row_normalized(ok.a, ok.w, ok.row_norm_colsum, nullptr, ok.c,
+                                                     8, 64, 128, 1e-5f, false, nullptr),
+                      Catch::Contains("rows: got 8") && Catch::Contains("cluster sums"));
+  LinearGemm small(8, gemm_options(SkinnyGemmMath::kTf32x3));
+  REQUIRE_THROWS_WITH(small.run_row_normalized(ok.a, ok.w, ok.row_norm_colsum, nullptr, ok.c, 9, 64,
+                                               128, 1e-5f, false, nullptr),
+                      Catch::Contains("rows: got 9") && Catch::Contains("expected 1..8"));
+  REQUIRE_THROWS_WITH(small.run_row_normalized(ok.a, ok.w, ok.row_norm_colsum, nullptr, ok.c, 8, 64,
+                                               128, 0.0f, false, nullptr),
+                      Catch::Contains("eps: got 0"));
   cudaStreamDestroy(stream);
 }
 
