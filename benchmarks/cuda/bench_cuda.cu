@@ -485,7 +485,8 @@ instantid::InstantIDModel resampler_weights(const instantid::ModelLayout& layout
 }
 
 // The Resampler with its default GEMMs (skinny kernel, programmatic launches, split-K sums in
-// clusters on sm_90+), with the split-K sums through the global workspace instead, with the
+// clusters on sm_90+, FF LayerNorms folded into the FF-in GEMMs), with the FF LayerNorms as
+// kernels of their own, with the split-K sums through the global workspace instead, with the
 // skinny kernel's other multiply and with the cuBLAS SGEMM path, in the same process.
 void bench_resampler(cudaStream_t stream) {
   const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
@@ -501,7 +502,7 @@ void bench_resampler(cudaStream_t stream) {
   const auto math_name = [](SkinnyGemmMath m) {
     return m == SkinnyGemmMath::kTf32x3 ? "3xTF32 tensor cores" : "fp32 FMA";
   };
-  for (int variant = 0; variant < 4; ++variant) {
+  for (int variant = 0; variant < 5; ++variant) {
     instantid::cuda::GpuResamplerOptions options;
     if (g_resampler_ctas_per_sm > 0) options.gemm.ctas_per_sm = g_resampler_ctas_per_sm;
     std::string name = "resampler_cond_uncond", dtype;
@@ -512,6 +513,10 @@ void bench_resampler(cudaStream_t stream) {
     if (variant == 2) {
       options.gemm.math = other;
       name += other == SkinnyGemmMath::kTf32x3 ? "_tf32x3" : "_fp32_fma";
+    }
+    if (variant == 4) {
+      options.fold_layer_norms = false;
+      name += "_unfolded_ff_norms";
     }
     if (variant == 3) {
       options.gemm.path = instantid::cuda::GemmPath::kCublas;
@@ -525,6 +530,7 @@ void bench_resampler(cudaStream_t stream) {
     if (variant != 3) {
       dtype = std::string("f32 (skinny GEMM, ") + math_name(options.gemm.math) + ", split-K sums " +
               (gpu.cluster_reduce() ? "in clusters" : "through global memory") +
+              (gpu.folds_layer_norms() ? ", FF LayerNorms folded" : ", FF LayerNorm kernels") +
               ", programmatic launches)";
     }
     DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);

@@ -275,6 +275,15 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     entries.push_back({p + "1.1.weight", {ff, dim}, &l.ff_w1});
     entries.push_back({p + "1.3.weight", {dim, ff}, &l.ff_w3});
   }
+  // The largest GEMM has the kv rows: batch · (tokens + 16).
+  const std::int64_t rows = static_cast<std::int64_t>(max_batch) * layout.num_queries;
+  const std::int64_t kv_rows =
+      static_cast<std::int64_t>(max_batch) * (max_tokens + layout.num_queries);
+  gemm_ = std::make_unique<LinearGemm>(static_cast<int>(kv_rows), options.gemm);
+  programmatic_ = programmatic_launch_wanted(options.programmatic);
+  gemm_->set_programmatic(programmatic_);
+  fold_ff_norm_ = options.fold_layer_norms && gemm_->row_norm_supported(static_cast<int>(rows));
+
   std::size_t total = 0;
   std::vector<const HostTensor*> tensors;
   for (const Entry& e : entries) {
@@ -286,6 +295,8 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     tensors.push_back(&t);
     total += static_cast<std::size_t>(t.numel() + 63) / 64 * 64;  // 256-byte aligned slices
   }
+  const std::size_t ff_slice = static_cast<std::size_t>(ff + 63) / 64 * 64;
+  if (fold_ff_norm_) total += layers_.size() * 2 * ff_slice;  // colsum and bias per layer
   weights_ = DeviceBuffer(total * sizeof(float));
   std::size_t offset = 0;
   for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -296,10 +307,21 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     *entries[i].slot = dst;
     offset += static_cast<std::size_t>(tensors[i]->numel() + 63) / 64 * 64;
   }
+  if (fold_ff_norm_) {
+    for (Layer& l : layers_) {
+      float* colsum = weights_.as<float>() + offset;
+      float* bias = colsum + ff_slice;
+      offset += 2 * ff_slice;
+      float* w1 = weights_.as<float>() + (l.ff_w1 - weights_.as<float>());  // rewritten in place
+      check_cuda(fold_layer_norm_into_linear(w1, l.ff_norm_w, l.ff_norm_b, nullptr, ff, dim, colsum,
+                                             bias, nullptr),
+                 "GpuResampler: folding the FF LayerNorm");
+      l.ff_colsum = colsum;
+      l.ff_bias = bias;
+    }
+    check_cuda(cudaDeviceSynchronize(), "GpuResampler: folding the FF LayerNorms");
+  }
 
-  const std::int64_t rows = static_cast<std::int64_t>(max_batch) * layout.num_queries;
-  const std::int64_t kv_rows =
-      static_cast<std::int64_t>(max_batch) * (max_tokens + layout.num_queries);
   const std::int64_t sizes[] = {static_cast<std::int64_t>(max_batch) * max_tokens * dim,  // x_proj
                                 rows * dim,                                               // latents
                                 rows * dim,                                               // ln
@@ -318,11 +340,6 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     *slots[i] = workspace_.as<float>() + ws_offset;
     ws_offset += (sizes[i] + 63) / 64 * 64;
   }
-
-  // The largest GEMM has the kv rows: batch · (tokens + 16).
-  gemm_ = std::make_unique<LinearGemm>(static_cast<int>(kv_rows), options.gemm);
-  programmatic_ = programmatic_launch_wanted(options.programmatic);
-  gemm_->set_programmatic(programmatic_);
 }
 
 GpuResampler::~GpuResampler() = default;
@@ -370,9 +387,14 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
            dim3(32 * kAttnQueriesPerBlock), stream, static_cast<const float*>(q_),
            static_cast<const float*>(kv_), attn_, nq, keys, inner, scale);
     gemm(attn_, l.to_out, nullptr, latents_buf_, rows, dim, inner, 1.0f, false, stream);
-    launch_layer_norm(pdl, norm_job(latents_buf_, l.ff_norm_w, l.ff_norm_b, rows, ln_), NormJob{},
-                      dim, stream);
-    gemm(ln_, l.ff_w1, nullptr, ff_, rows, ff, dim, 0.0f, true, stream);
+    if (fold_ff_norm_) {
+      gemm_->run_row_normalized(latents_buf_, l.ff_w1, l.ff_colsum, l.ff_bias, ff_, rows, ff, dim,
+                                1e-5f, true, stream);
+    } else {
+      launch_layer_norm(pdl, norm_job(latents_buf_, l.ff_norm_w, l.ff_norm_b, rows, ln_), NormJob{},
+                        dim, stream);
+      gemm(ln_, l.ff_w1, nullptr, ff_, rows, ff, dim, 0.0f, true, stream);
+    }
     gemm(ff_, l.ff_w3, nullptr, latents_buf_, rows, dim, ff, 1.0f, false, stream);
   }
   gemm(latents_buf_, proj_out_w_, proj_out_b_, pre_out_, rows, output_dim_, dim, 0.0f, false,

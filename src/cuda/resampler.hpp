@@ -1,8 +1,8 @@
 #pragma once
 // The Resampler (spec §3) on the GPU: float32 GEMMs (the skinny weight-streaming kernel of
-// skinny_gemm.hpp, bias and GELU fused; cuBLAS SGEMM without TF32 for larger batches) plus small
-// kernels (LayerNorm, perceiver attention). All weights are uploaded once by the
-// constructor; run() only enqueues work and is CUDA-graph capturable.
+// skinny_gemm.hpp, bias, GELU and the feed-forward LayerNorms fused; cuBLAS SGEMM without TF32 for
+// larger batches) plus small kernels (LayerNorm, perceiver attention). All weights are uploaded
+// once by the constructor; run() only enqueues work and is CUDA-graph capturable.
 
 #include <cuda_runtime_api.h>
 
@@ -26,6 +26,9 @@ using ResamplerWeights = std::function<const HostTensor&(const std::string& suff
 struct GpuResamplerOptions {
   LinearGemmOptions gemm = resampler_gemm();  // the linear layers (3xTF32 skinny GEMMs)
   bool programmatic = true;                   // programmatic dependent launches on sm_90+
+  // Each feed-forward LayerNorm folded into the first FF GEMM (LinearGemm::run_row_normalized):
+  // one launch fewer per perceiver layer, where the GEMMs sum in clusters and the rows fit.
+  bool fold_layer_norms = true;
 
   static LinearGemmOptions resampler_gemm() {
     LinearGemmOptions o;
@@ -54,11 +57,14 @@ class GpuResampler {
   GemmPath gemm_path() const { return gemm_->path(); }
   bool cluster_reduce() const { return gemm_->cluster_reduce(); }
   bool programmatic_launch() const { return programmatic_; }
+  bool folds_layer_norms() const { return fold_ff_norm_; }
 
  private:
   struct Layer {
     const float *norm1_w, *norm1_b, *norm2_w, *norm2_b, *to_q, *to_kv, *to_out;
     const float *ff_norm_w, *ff_norm_b, *ff_w1, *ff_w3;
+    // With the FF LayerNorm folded: ff_w1 holds W1·diag(γ); Σ_k of its rows and W1·β.
+    const float *ff_colsum = nullptr, *ff_bias = nullptr;
   };
   void gemm(const float* a, const float* w, const float* bias, float* c, int rows, int out_features,
             int in_features, float beta, bool gelu, cudaStream_t stream);
@@ -69,6 +75,7 @@ class GpuResampler {
   int max_tokens_ = 0;
   std::unique_ptr<LinearGemm> gemm_;
   bool programmatic_ = false;  // kernels of run() chained by programmatic dependent launch
+  bool fold_ff_norm_ = false;  // FF LayerNorms folded into the FF-in GEMMs
   DeviceBuffer weights_;
   DeviceBuffer workspace_;
   const float *latents_ = nullptr, *proj_in_w_ = nullptr, *proj_in_b_ = nullptr;
