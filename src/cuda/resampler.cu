@@ -15,6 +15,7 @@ namespace {
 constexpr int kNormThreads = 256;
 constexpr int kNormPerThread = 16;  // columns a thread holds: rows up to kNormMaxCols
 constexpr int kNormMaxCols = kNormThreads * kNormPerThread;
+constexpr float kLayerNormEps = 1e-5f;  // every LayerNorm of the Resampler (PyTorch's default)
 constexpr int kMaxKeys = 64;  // perceiver keys per batch row held in shared memory (T + 16)
 constexpr int kAttnDimHead = 64;
 
@@ -94,7 +95,7 @@ __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
     const float d = tid + k * kNormThreads < cols ? v[k] - mean : 0.0f;
     sq += d * d;
   }
-  const float inv = rsqrtf(block_sum(sq) / static_cast<float>(cols) + 1e-5f);
+  const float inv = rsqrtf(block_sum(sq) / static_cast<float>(cols) + kLayerNormEps);
   const std::int64_t out_row = static_cast<std::int64_t>(r / job.group) * job.out_group_stride +
                                job.out_offset + r % job.group;
 #pragma unroll
@@ -389,7 +390,7 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
     gemm(attn_, l.to_out, nullptr, latents_buf_, rows, dim, inner, 1.0f, false, stream);
     if (fold_ff_norm_) {
       gemm_->run_row_normalized(latents_buf_, l.ff_w1, l.ff_colsum, l.ff_bias, ff_, rows, ff, dim,
-                                1e-5f, true, stream);
+                                kLayerNormEps, true, stream);
     } else {
       launch_layer_norm(pdl, norm_job(latents_buf_, l.ff_norm_w, l.ff_norm_b, rows, ln_), NormJob{},
                         dim, stream);
