@@ -36,7 +36,7 @@ struct KernelArgs {
 __device__ __forceinline__ float epilogue(float v, const SkinnyGemmParams& p, int m, int n) {
   if (p.bias != nullptr) v += p.bias[n];
   if (p.gelu) v = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-  if (p.beta != 0.0f) v = fmaf(p.beta, p.c[static_cast<std::int64_t>(m) * p.n + n], v);
+  if (p.beta != 0.0f) v = fmaf(p.beta, p.c_in[static_cast<std::int64_t>(m) * p.n + n], v);
   return v;
 }
 
@@ -811,6 +811,7 @@ bool prepare_problem(const SkinnyGemmParams& params, const SkinnyGemmWorkspace& 
     }
   }
   args.p[slot] = params;
+  if (params.c_in == nullptr) args.p[slot].c_in = params.c;  // where the kernel reads beta·C
   args.k_tiles[slot] = k_tiles;
   args.partials[slot] =
       workspace.partials == nullptr ? nullptr : workspace.partials + partial_offset;
@@ -1005,7 +1006,7 @@ int LinearGemm::splits_for(int n, int k) const noexcept {
 }
 
 void LinearGemm::run(const float* a, const float* w, const float* bias, float* c, int rows, int out,
-                     int in, float beta, bool gelu, cudaStream_t stream) {
+                     int in, float beta, bool gelu, cudaStream_t stream, const float* c_in) {
   INSTANTID_CHECK(rows >= 1 && out >= 1 && in >= 1, "LinearGemm::run: shape: got [", rows, ", ", in,
                   "] x [", out, ", ", in, "]ᵀ, expected every size >= 1");
   INSTANTID_CHECK(a != nullptr && w != nullptr && c != nullptr,
@@ -1017,8 +1018,14 @@ void LinearGemm::run(const float* a, const float* w, const float* bias, float* c
     p.bias = bias;
     p.beta = beta;
     p.gelu = gelu;
+    p.c_in = c_in;
     check_cuda(skinny_gemm(p, workspace_, stream), "LinearGemm: skinny_gemm");
     return;
+  }
+  if (c_in != nullptr && c_in != c && beta != 0.0f) {  // cuBLAS accumulates into C itself
+    check_cuda(cudaMemcpyAsync(c, c_in, static_cast<std::size_t>(rows) * out * sizeof(float),
+                               cudaMemcpyDeviceToDevice, stream),
+               "LinearGemm: copying c_in");
   }
   const float alpha = 1.0f;
   check_cublas(cublasSetStream(cublas_, stream), "cublasSetStream");

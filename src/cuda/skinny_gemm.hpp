@@ -54,6 +54,8 @@ struct SkinnyGemmParams {
   // their partials, so the LayerNorm costs no launch of its own.
   const float* row_norm_colsum = nullptr;  // [N], or null: no LayerNorm
   float row_norm_eps = 1e-5f;
+  // Where beta·C is read from when set (same layout as c; c is then only written).
+  const float* c_in = nullptr;
   int splits = 1;  // K is cut into this many CTA ranges (1 .. ceil(K / 32))
   // sm_90+ only: the splits of each output tile run as one thread-block cluster and sum their
   // partials through distributed shared memory (splits <= kSkinnyGemmMaxClusterSplits; no
@@ -143,8 +145,9 @@ class LinearGemm {
 
   // a: [rows, in], w: [out, in], bias: [out] or null, c: [rows, out], all device, row-major.
   // gelu requires beta == 0.
+  // c_in, when set, is read for beta·C instead of c ([rows, out]; c is then only written).
   void run(const float* a, const float* w, const float* bias, float* c, int rows, int out, int in,
-           float beta, bool gelu, cudaStream_t stream);
+           float beta, bool gelu, cudaStream_t stream, const float* c_in = nullptr);
 
   // C = A·Wᵀ of two independent problems (no bias, GELU or beta): one skinny_gemm_pair launch
   // with the CTAs shared in proportion to the weights (one split count for both with cluster
