@@ -743,6 +743,42 @@ TEST_CASE("skinny GEMM with a folded LayerNorm matches fp64 within 2x naive fp32
   cudaStreamDestroy(stream);
 }
 
+namespace {
+
+DeviceBuffer upload(const std::vector<float>& v) {
+  DeviceBuffer d(v.size() * 4);
+  REQUIRE(cudaMemcpy(d.data(), v.data(), d.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+  return d;
+}
+
+std::vector<float> download_all(const DeviceBuffer& d) {
+  std::vector<float> v(d.bytes() / 4);
+  REQUIRE(cudaMemcpy(v.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("skinny GEMM and its cuBLAS fallback read beta·C from c_in", "[cuda][skinny_gemm]") {
+  for (int m : {32, 80}) {  // the skinny kernel; past its 64 rows, cuBLAS
+    INFO("M " << m);
+    const Problem p = random_problem(m, 200, 256, true, 1.0f, false, 77 + m);
+    DeviceProblem d(p);
+    const DeviceBuffer c_in = upload(p.c0);
+    for (const bool cublas : {false, true}) {
+      LinearGemmOptions o = gemm_options(SkinnyGemmMath::kTf32x3);
+      if (cublas) o.path = GemmPath::kCublas;
+      LinearGemm gemm(64, o);
+      REQUIRE(cudaMemset(d.c.data(), 0xFF, d.c.bytes()) == cudaSuccess);  // C itself is not read
+      gemm.run(d.a.as<float>(), d.w.as<float>(), d.b.as<float>(), d.c.as<float>(), p.m, p.n, p.k,
+               p.beta, false, nullptr, c_in.as<float>());
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      check_accuracy(p, d.download(p), cublas ? "c_in cuBLAS" : "c_in");
+      CHECK(download_all(c_in) == p.c0);
+    }
+  }
+}
+
 TEST_CASE("skinny GEMM argument checks", "[cuda][skinny_gemm]") {
   using instantid::cuda::skinny_gemm;
   const Problem p = random_problem(4, 64, 64, false, 0.0f, false, 3);
