@@ -485,9 +485,10 @@ instantid::InstantIDModel resampler_weights(const instantid::ModelLayout& layout
 }
 
 // The Resampler with its default GEMMs (skinny kernel, programmatic launches, split-K sums in
-// clusters on sm_90+, FF LayerNorms folded into the FF-in GEMMs), with the FF LayerNorms as
-// kernels of their own, with the split-K sums through the global workspace instead, with the
-// skinny kernel's other multiply and with the cuBLAS SGEMM path, in the same process.
+// clusters on sm_90+, FF LayerNorms folded into the FF-in GEMMs, layer 0's latent terms
+// precomputed), with those terms computed per run, with the FF LayerNorms as kernels of their own
+// as well, with the split-K sums through the global workspace instead, with the skinny kernel's
+// other multiply and with the cuBLAS SGEMM path, in the same process.
 void bench_resampler(cudaStream_t stream) {
   const instantid::ModelLayout layout = instantid::ModelLayout::sdxl();
   const int d_out = 2048, batch = 2;
@@ -502,7 +503,7 @@ void bench_resampler(cudaStream_t stream) {
   const auto math_name = [](SkinnyGemmMath m) {
     return m == SkinnyGemmMath::kTf32x3 ? "3xTF32 tensor cores" : "fp32 FMA";
   };
-  for (int variant = 0; variant < 5; ++variant) {
+  for (int variant = 0; variant < 6; ++variant) {
     instantid::cuda::GpuResamplerOptions options;
     if (g_resampler_ctas_per_sm > 0) options.gemm.ctas_per_sm = g_resampler_ctas_per_sm;
     std::string name = "resampler_cond_uncond", dtype;
@@ -515,8 +516,13 @@ void bench_resampler(cudaStream_t stream) {
       name += other == SkinnyGemmMath::kTf32x3 ? "_tf32x3" : "_fp32_fma";
     }
     if (variant == 4) {
+      options.first_layer_constants = false;
+      name += "_first_layer_per_run";
+    }
+    if (variant == 5) {
+      options.first_layer_constants = false;
       options.fold_layer_norms = false;
-      name += "_unfolded_ff_norms";
+      name += "_first_layer_per_run_ff_norm_kernels";
     }
     if (variant == 3) {
       options.gemm.path = instantid::cuda::GemmPath::kCublas;
@@ -531,6 +537,8 @@ void bench_resampler(cudaStream_t stream) {
       dtype = std::string("f32 (skinny GEMM, ") + math_name(options.gemm.math) + ", split-K sums " +
               (gpu.cluster_reduce() ? "in clusters" : "through global memory") +
               (gpu.folds_layer_norms() ? ", FF LayerNorms folded" : ", FF LayerNorm kernels") +
+              (gpu.first_layer_constants() ? ", layer 0's latent terms precomputed"
+                                           : ", layer 0 computed per run") +
               ", programmatic launches)";
     }
     DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);

@@ -110,13 +110,22 @@ __global__ void layer_norm_kernel(NormJob first, NormJob second, int cols) {
 
 constexpr int kAttnQueriesPerBlock = 4;  // one warp per query
 
+// Where the perceiver attention of batch row b finds its queries and keys ([key, 2·inner] rows of
+// K then V): query i is row b·q_batch_rows + i of q; key j < tokens is row b·x_batch_rows + j of
+// x, key j >= tokens row b·lat_batch_rows + j − tokens of lat. A batch stride of 0 gives every
+// batch row the same rows (layer 0's queries and latent keys, computed once).
+struct PerceiverInputs {
+  const float* q = nullptr;  // [.., inner]
+  const float* x = nullptr;  // [.., 2·inner]
+  const float* lat = nullptr;
+  int q_batch_rows = 0, tokens = 0, x_batch_rows = 0, lat_batch_rows = 0;
+};
+
 // Perceiver attention of (batch row, head, group of 4 queries) over keys = T input tokens then
 // the 16 latents, scores and softmax in fp32: lane j scores keys j and j + 32, then each lane
 // sums two dims of the output.
-__global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
-                                           const float* kv /*[B*(T+16), 2*inner]*/,
-                                           float* out /*[B*16, inner]*/, int num_queries, int keys,
-                                           int inner, float scale) {
+__global__ void perceiver_attention_kernel(PerceiverInputs in, float* out /*[B*16, inner]*/,
+                                           int num_queries, int keys, int inner, float scale) {
   chain_start();
   constexpr int kStride = kAttnDimHead + 1;  // lanes read different keys' rows: no bank conflicts
   __shared__ float s_k[kMaxKeys * kStride];
@@ -135,17 +144,22 @@ __global__ void perceiver_attention_kernel(const float* q /*[B*16, inner]*/,
   for (int u = 0; u < kVecPerThread; ++u) {
     const int i = static_cast<int>(threadIdx.x) + u * 32 * kAttnQueriesPerBlock;
     if (i >= keys * kRowVec) continue;
-    const float4* row = reinterpret_cast<const float4*>(
-        kv + (static_cast<std::int64_t>(b) * keys + i / kRowVec) * 2 * inner + h * kAttnDimHead);
+    const int j = i / kRowVec;
+    const float* key =
+        j < in.tokens
+            ? in.x + (static_cast<std::int64_t>(b) * in.x_batch_rows + j) * 2 * inner
+            : in.lat +
+                  (static_cast<std::int64_t>(b) * in.lat_batch_rows + j - in.tokens) * 2 * inner;
+    const float4* row = reinterpret_cast<const float4*>(key + h * kAttnDimHead);
     k4[u] = row[i % kRowVec];
     v4[u] = row[inner / 4 + i % kRowVec];
   }
   // Each lane holds dims lane and lane + 32 of its warp's query, fetched while K/V land.
   const int qi = blockIdx.z * kAttnQueriesPerBlock + warp;
   const bool has_query = qi < num_queries;
-  const float* qrow = q +
-                      (static_cast<std::int64_t>(b) * num_queries + (has_query ? qi : 0)) * inner +
-                      h * kAttnDimHead;
+  const float* qrow =
+      in.q + (static_cast<std::int64_t>(b) * in.q_batch_rows + (has_query ? qi : 0)) * inner +
+      h * kAttnDimHead;
   const float q_lo = has_query ? qrow[lane] : 0.0f, q_hi = has_query ? qrow[lane + 32] : 0.0f;
 #pragma unroll
   for (int u = 0; u < kVecPerThread; ++u) {
@@ -284,6 +298,8 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
   programmatic_ = programmatic_launch_wanted(options.programmatic);
   gemm_->set_programmatic(programmatic_);
   fold_ff_norm_ = options.fold_layer_norms && gemm_->row_norm_supported(static_cast<int>(rows));
+  first_constants_ = options.first_layer_constants && layout.depth >= 1 &&
+                     gemm_->row_norm_supported(max_batch * max_tokens);
 
   std::size_t total = 0;
   std::vector<const HostTensor*> tensors;
@@ -296,8 +312,15 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     tensors.push_back(&t);
     total += static_cast<std::size_t>(t.numel() + 63) / 64 * 64;  // 256-byte aligned slices
   }
-  const std::size_t ff_slice = static_cast<std::size_t>(ff + 63) / 64 * 64;
+  const auto slice = [](std::int64_t floats) {
+    return static_cast<std::size_t>(floats + 63) / 64 * 64;
+  };
+  const std::size_t ff_slice = slice(ff);
   if (fold_ff_norm_) total += layers_.size() * 2 * ff_slice;  // colsum and bias per layer
+  const int nq = layout.num_queries;
+  const std::size_t q0_slice = slice(nq * inner), kv0_slice = slice(nq * 2 * inner),
+                    kv0_sums_slice = slice(2 * inner), tiled_slice = slice(rows * dim);
+  if (first_constants_) total += q0_slice + kv0_slice + 2 * kv0_sums_slice + tiled_slice;
   weights_ = DeviceBuffer(total * sizeof(float));
   std::size_t offset = 0;
   for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -322,6 +345,43 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     }
     check_cuda(cudaDeviceSynchronize(), "GpuResampler: folding the FF LayerNorms");
   }
+  if (first_constants_) {
+    float* q0 = weights_.as<float>() + offset;
+    float* kv0 = q0 + q0_slice;
+    float* colsum = kv0 + kv0_slice;
+    float* bias = colsum + kv0_sums_slice;
+    float* tiled = bias + kv0_sums_slice;
+    offset += q0_slice + kv0_slice + 2 * kv0_sums_slice + tiled_slice;
+    const Layer& l0 = layers_[0];
+    float* w_kv0 = weights_.as<float>() + (l0.to_kv - weights_.as<float>());  // rewritten below
+    // norm2(latents)·to_qᵀ and ·to_kvᵀ with the kernels run() would use, then norm1 folded into
+    // to_kv for the inputs' rows.
+    DeviceBuffer normed(static_cast<std::size_t>(nq) * dim * sizeof(float));
+    cudaStream_t stream = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+               "GpuResampler: cudaStreamCreate");
+    launch_layer_norm(false, norm_job(latents_, l0.norm2_w, l0.norm2_b, nq, normed.as<float>()),
+                      NormJob{}, dim, stream);
+    gemm(normed.as<float>(), l0.to_q, nullptr, q0, nq, inner, dim, 0.0f, false, stream);
+    gemm(normed.as<float>(), l0.to_kv, nullptr, kv0, nq, 2 * inner, dim, 0.0f, false, stream);
+    check_cuda(fold_layer_norm_into_linear(w_kv0, l0.norm1_w, l0.norm1_b, nullptr, 2 * inner, dim,
+                                           colsum, bias, stream),
+               "GpuResampler: folding layer 0's norm1");
+    for (int b = 0; b < max_batch; ++b) {
+      check_cuda(cudaMemcpyAsync(tiled + static_cast<std::int64_t>(b) * nq * dim, latents_,
+                                 static_cast<std::size_t>(nq) * dim * sizeof(float),
+                                 cudaMemcpyDeviceToDevice, stream),
+                 "GpuResampler: repeating the latents");
+    }
+    const cudaError_t done = cudaStreamSynchronize(stream);
+    cudaStreamDestroy(stream);
+    check_cuda(done, "GpuResampler: layer 0's constants");
+    q0_ = q0;
+    kv0_latents_ = kv0;
+    kv0_colsum_ = colsum;
+    kv0_bias_ = bias;
+    latents_tiled_ = tiled;
+  }
 
   const std::int64_t sizes[] = {static_cast<std::int64_t>(max_batch) * max_tokens * dim,  // x_proj
                                 rows * dim,                                               // latents
@@ -331,13 +391,15 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
                                 kv_rows * 2 * inner,                                      // kv
                                 rows * inner,                                             // attn
                                 rows * ff,                                                // ff
-                                rows * output_dim};                                       // pre_out
-  float** slots[] = {&x_proj_, &latents_buf_, &ln_, &kv_in_, &q_, &kv_, &attn_, &ff_, &pre_out_};
+                                rows * output_dim,                                        // pre_out
+                                static_cast<std::int64_t>(max_batch) * max_tokens * 2 * inner};
+  float** slots[] = {&x_proj_, &latents_buf_, &ln_, &kv_in_,   &q_,
+                     &kv_,     &attn_,        &ff_, &pre_out_, &kv0_inputs_};
   std::int64_t ws_total = 0;
   for (std::int64_t s : sizes) ws_total += (s + 63) / 64 * 64;
   workspace_ = DeviceBuffer(static_cast<std::size_t>(ws_total) * sizeof(float));
   std::int64_t ws_offset = 0;
-  for (std::size_t i = 0; i < 9; ++i) {
+  for (std::size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = workspace_.as<float>() + ws_offset;
     ws_offset += (sizes[i] + 63) / 64 * 64;
   }
@@ -352,8 +414,8 @@ std::size_t GpuResampler::device_bytes() const {
 // c [rows, out] (row-major) = act(a [rows, in] · wᵀ + bias) + beta · c, w [out, in] row-major.
 void GpuResampler::gemm(const float* a, const float* w, const float* bias, float* c, int rows,
                         int out_features, int in_features, float beta, bool gelu,
-                        cudaStream_t stream) {
-  gemm_->run(a, w, bias, c, rows, out_features, in_features, beta, gelu, stream);
+                        cudaStream_t stream, const float* c_in) {
+  gemm_->run(a, w, bias, c, rows, out_features, in_features, beta, gelu, stream, c_in);
 }
 
 void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaStream_t stream) {
@@ -370,24 +432,37 @@ void GpuResampler::run(const float* x, int batch, int tokens, float* out, cudaSt
   const float scale = 1.0f / std::sqrt(static_cast<float>(layout_.dim_head));
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const Layer& l = layers_[i];
-    // kv_in per batch row: the T normalised inputs, then the 16 normalised latents (also in ln_).
-    // Layer 0 reads the learned latents broadcast over the batch and copies them to latents_buf_.
-    NormJob latents = norm_job(i == 0 ? latents_ : latents_buf_, l.norm2_w, l.norm2_b, rows, kv_in_,
-                               nq, keys, tokens, ln_);
-    if (i == 0) {
-      latents.in_rows = nq;
-      latents.copy = latents_buf_;
+    const bool constants = i == 0 && first_constants_;
+    PerceiverInputs in;
+    if (constants) {
+      // Only the inputs' keys/values depend on the input: norm1 folded into to_kv.
+      gemm_->run_row_normalized(x_proj_, l.to_kv, kv0_colsum_, kv0_bias_, kv0_inputs_, x_rows,
+                                2 * inner, dim, kLayerNormEps, false, stream);
+      in = {q0_, kv0_inputs_, kv0_latents_, 0, tokens, tokens, 0};
+    } else {
+      // kv_in per batch row: the T normalised inputs, then the 16 normalised latents (also in
+      // ln_). Layer 0 reads the learned latents broadcast over the batch and copies them to
+      // latents_buf_.
+      NormJob latents = norm_job(i == 0 ? latents_ : latents_buf_, l.norm2_w, l.norm2_b, rows,
+                                 kv_in_, nq, keys, tokens, ln_);
+      if (i == 0) {
+        latents.in_rows = nq;
+        latents.copy = latents_buf_;
+      }
+      launch_layer_norm(pdl,
+                        norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
+                        latents, dim, stream);
+      // to_q and to_kv read different inputs but nothing of each other: one launch.
+      gemm_->run_pair({ln_, l.to_q, q_, rows, inner, dim},
+                      {kv_in_, l.to_kv, kv_, batch * keys, 2 * inner, dim}, stream);
+      in = {q_, kv_, kv_ + static_cast<std::int64_t>(tokens) * 2 * inner, nq, tokens, keys, keys};
     }
-    launch_layer_norm(pdl, norm_job(x_proj_, l.norm1_w, l.norm1_b, x_rows, kv_in_, tokens, keys, 0),
-                      latents, dim, stream);
-    // to_q and to_kv read different inputs but nothing of each other: one launch.
-    gemm_->run_pair({ln_, l.to_q, q_, rows, inner, dim},
-                    {kv_in_, l.to_kv, kv_, batch * keys, 2 * inner, dim}, stream);
     launch(pdl, perceiver_attention_kernel,
            dim3(batch, layout_.heads, (nq + kAttnQueriesPerBlock - 1) / kAttnQueriesPerBlock),
-           dim3(32 * kAttnQueriesPerBlock), stream, static_cast<const float*>(q_),
-           static_cast<const float*>(kv_), attn_, nq, keys, inner, scale);
-    gemm(attn_, l.to_out, nullptr, latents_buf_, rows, dim, inner, 1.0f, false, stream);
+           dim3(32 * kAttnQueriesPerBlock), stream, in, attn_, nq, keys, inner, scale);
+    // Layer 0's residual is the learned latents: repeated, or copied by its LayerNorm kernel.
+    gemm(attn_, l.to_out, nullptr, latents_buf_, rows, dim, inner, 1.0f, false, stream,
+         constants ? latents_tiled_ : nullptr);
     if (fold_ff_norm_) {
       gemm_->run_row_normalized(latents_buf_, l.ff_w1, l.ff_colsum, l.ff_bias, ff_, rows, ff, dim,
                                 kLayerNormEps, true, stream);

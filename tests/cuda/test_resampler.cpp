@@ -164,7 +164,7 @@ void check_resampler(
     const ModelLayout& layout, int d_out, int batch, int tokens,
     instantid::cuda::GemmPath path = instantid::cuda::GemmPath::kAuto, bool programmatic = true,
     instantid::cuda::SkinnyGemmMath math = instantid::cuda::GpuResamplerOptions{}.gemm.math,
-    bool cluster_reduce = true, bool fold_layer_norms = true) {
+    bool cluster_reduce = true, bool fold_layer_norms = true, bool first_layer_constants = true) {
   const bool cublas = path == instantid::cuda::GemmPath::kCublas;
   INFO("dim " << layout.dim << " D_out " << d_out << " batch " << batch << " tokens " << tokens
               << (cublas ? " cuBLAS" : " skinny GEMM"));
@@ -183,12 +183,16 @@ void check_resampler(
         o.gemm.math = math;
         o.gemm.cluster_reduce = cluster_reduce;
         o.fold_layer_norms = fold_layer_norms;
+        o.first_layer_constants = first_layer_constants;
         return o;
       }());
   CHECK(gpu.gemm_path() == path);
   // The FF LayerNorms fold where the GEMMs sum in clusters and the 16 latents per input fit.
   CHECK(gpu.folds_layer_norms() ==
         (fold_layer_norms && gpu.cluster_reduce() && batch * layout.num_queries <= 64));
+  // Layer 0's latent terms are precomputed where its inputs' rows take the folded norm1.
+  CHECK(gpu.first_layer_constants() ==
+        (first_layer_constants && gpu.cluster_reduce() && batch * tokens <= 64));
   INFO("programmatic launches " << gpu.programmatic_launch());
   const std::size_t out_elems = static_cast<std::size_t>(batch) * layout.num_queries * d_out;
   instantid::cuda::DeviceBuffer xd(x.size() * 4), yd(out_elems * 4);
@@ -209,13 +213,14 @@ void check_resampler(
     ref_max = std::max(ref_max, std::abs(ref[i]));
   }
   std::printf(
-      "resampler %s%s%s dim %d D_out %d batch %d tokens %d: max|err| vs fp64 %.3e, naive fp32 "
+      "resampler %s%s%s%s dim %d D_out %d batch %d tokens %d: max|err| vs fp64 %.3e, naive fp32 "
       "%.3e (|ref| <= %.2f)\n",
       cublas                                             ? "cuBLAS"
       : math == instantid::cuda::SkinnyGemmMath::kTf32x3 ? "skinny 3xTF32"
                                                          : "skinny",
       gpu.programmatic_launch() ? " PDL" : "", gpu.folds_layer_norms() ? " folded-LN" : "",
-      layout.dim, d_out, batch, tokens, err, naive_err, ref_max);
+      gpu.first_layer_constants() ? " layer-0-constants" : "", layout.dim, d_out, batch, tokens,
+      err, naive_err, ref_max);
   CHECK(ref_max > 0.5);
   CHECK(err < 2e-4 * std::max(1.0, ref_max));
   CHECK(naive_err > 0.0);
@@ -264,9 +269,12 @@ TEST_CASE("GPU Resampler matches fp64 at SDXL sizes (random weights)", "[cuda][r
   // way below sm_90).
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, true,
                   instantid::cuda::SkinnyGemmMath::kTf32x3, false);
-  // The FF LayerNorms as kernels of their own (folded into the FF-in GEMMs by default on sm_90+).
+  // The FF LayerNorms as kernels of their own (folded into the FF-in GEMMs by default on sm_90+);
+  // layer 0's latent terms computed per run (precomputed by default on sm_90+).
   check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, true,
                   instantid::cuda::SkinnyGemmMath::kTf32x3, true, false);
+  check_resampler(ModelLayout::sdxl(), 2048, 2, 1, instantid::cuda::GemmPath::kAuto, true,
+                  instantid::cuda::SkinnyGemmMath::kTf32x3, true, true, false);
 }
 
 TEST_CASE("GPU Resampler: more tokens, one input and widths off the 64 × 32 tile grid",
