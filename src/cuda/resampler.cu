@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 
 #include "cuda/resampler.hpp"
 #include "instantid/kernels/async_pipeline.cuh"
@@ -360,6 +361,8 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
     cudaStream_t stream = nullptr;
     check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
                "GpuResampler: cudaStreamCreate");
+    const std::unique_ptr<CUstream_st, cudaError_t (*)(cudaStream_t)> owned(stream,
+                                                                            cudaStreamDestroy);
     launch_layer_norm(false, norm_job(latents_, l0.norm2_w, l0.norm2_b, nq, normed.as<float>()),
                       NormJob{}, dim, stream);
     gemm(normed.as<float>(), l0.to_q, nullptr, q0, nq, inner, dim, 0.0f, false, stream);
@@ -373,9 +376,7 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
                                  cudaMemcpyDeviceToDevice, stream),
                  "GpuResampler: repeating the latents");
     }
-    const cudaError_t done = cudaStreamSynchronize(stream);
-    cudaStreamDestroy(stream);
-    check_cuda(done, "GpuResampler: layer 0's constants");
+    check_cuda(cudaStreamSynchronize(stream), "GpuResampler: layer 0's constants");
     q0_ = q0;
     kv0_latents_ = kv0;
     kv0_colsum_ = colsum;

@@ -99,8 +99,8 @@ class GpuResampler {
   // workspace slices
   float *x_proj_ = nullptr, *latents_buf_ = nullptr, *ln_ = nullptr, *kv_in_ = nullptr;
   float *q_ = nullptr, *kv_ = nullptr, *attn_ = nullptr, *ff_ = nullptr, *pre_out_ = nullptr;
-  float* kv0_inputs_ =
-      nullptr;  // layer 0's keys/values of the inputs' rows [batch·tokens, 2·inner]
+  // Layer 0's keys and values of the inputs' rows [batch·tokens, 2·inner] (first_constants_).
+  float* kv0_inputs_ = nullptr;
 };
 
 }  // namespace instantid::cuda
