@@ -302,6 +302,10 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
   first_constants_ = options.first_layer_constants && layout.depth >= 1 &&
                      gemm_->row_norm_supported(max_batch * max_tokens);
 
+  // Every weight and workspace slice starts on a 256-byte boundary.
+  const auto slice = [](std::int64_t floats) {
+    return static_cast<std::size_t>(floats + 63) / 64 * 64;
+  };
   std::size_t total = 0;
   std::vector<const HostTensor*> tensors;
   for (const Entry& e : entries) {
@@ -311,11 +315,8 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
                      shape_string(e.shape));
     }
     tensors.push_back(&t);
-    total += static_cast<std::size_t>(t.numel() + 63) / 64 * 64;  // 256-byte aligned slices
+    total += slice(t.numel());
   }
-  const auto slice = [](std::int64_t floats) {
-    return static_cast<std::size_t>(floats + 63) / 64 * 64;
-  };
   const std::size_t ff_slice = slice(ff);
   if (fold_ff_norm_) total += layers_.size() * 2 * ff_slice;  // colsum and bias per layer
   const int nq = layout.num_queries;
@@ -330,7 +331,7 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
                           cudaMemcpyHostToDevice),
                "GpuResampler: weight upload");
     *entries[i].slot = dst;
-    offset += static_cast<std::size_t>(tensors[i]->numel() + 63) / 64 * 64;
+    offset += slice(tensors[i]->numel());
   }
   if (fold_ff_norm_) {
     for (Layer& l : layers_) {
@@ -396,13 +397,13 @@ GpuResampler::GpuResampler(const ModelLayout& layout, int output_dim,
                                 static_cast<std::int64_t>(max_batch) * max_tokens * 2 * inner};
   float** slots[] = {&x_proj_, &latents_buf_, &ln_, &kv_in_,   &q_,
                      &kv_,     &attn_,        &ff_, &pre_out_, &kv0_inputs_};
-  std::int64_t ws_total = 0;
-  for (std::int64_t s : sizes) ws_total += (s + 63) / 64 * 64;
-  workspace_ = DeviceBuffer(static_cast<std::size_t>(ws_total) * sizeof(float));
-  std::int64_t ws_offset = 0;
+  std::size_t ws_total = 0;
+  for (std::int64_t s : sizes) ws_total += slice(s);
+  workspace_ = DeviceBuffer(ws_total * sizeof(float));
+  std::size_t ws_offset = 0;
   for (std::size_t i = 0; i < std::size(slots); ++i) {
     *slots[i] = workspace_.as<float>() + ws_offset;
-    ws_offset += (sizes[i] + 63) / 64 * 64;
+    ws_offset += slice(sizes[i]);
   }
 }
 
