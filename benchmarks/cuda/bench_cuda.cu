@@ -2,12 +2,13 @@
 // text-only, the GPU Resampler, the ip K/V preparation and the resident memory of a prepared
 // identity. Prints one JSON object per line. The ceiling is a large device-to-device copy measured
 // in the same run; µs-scale work is timed as CUDA graphs; every layer reads its own buffers (the
-// step moves ~0.85 GB, far beyond L2) and per-layer rows rotate over 8 buffer sets.
+// step moves ~0.90 GB, far beyond L2) and per-layer rows rotate over 8 buffer sets.
 //
 //   bench_cuda [--reps N] [--tune] [--profile] [--resampler] [--resampler-ctas N]   (--tune: also
-//   compare the resident and persistent tiles; --profile: only one launch of each variant per
-//   layer shape, for Nsight Compute; --resampler: only the copy ceiling and the Resampler rows;
-//   --resampler-ctas: the skinny GEMMs' CTA target per SM, LinearGemmOptions::ctas_per_sm)
+//   compare the resident and persistent tiles and more copy kernels; --profile: only one launch of
+//   each variant per layer shape, for Nsight Compute; --resampler: only the copy ceiling and the
+//   Resampler rows; --resampler-ctas: the skinny GEMMs' CTA target per SM,
+//   LinearGemmOptions::ctas_per_sm)
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -210,37 +211,146 @@ __global__ void copy_rows_kernel(const uint4* __restrict__ src, uint4* __restric
   }
 }
 
+// The same copy with kWords words per thread, all loaded before any is stored (more bytes in
+// flight per thread), one pass over a grid that covers count; kStreaming: evict-first loads and
+// stores (__ldcs / __stcs), since nothing is read twice.
+template <int kWords, bool kStreaming>
+__global__ void copy_words_kernel(const uint4* __restrict__ src, uint4* __restrict__ dst,
+                                  std::size_t count) {
+  kernels::wait_for_previous_grid();
+  kernels::allow_next_grid();
+  const std::size_t base = blockIdx.x * std::size_t{blockDim.x} * kWords + threadIdx.x;
+  uint4 w[kWords];
+#pragma unroll
+  for (int j = 0; j < kWords; ++j) {
+    const std::size_t i = base + static_cast<std::size_t>(j) * blockDim.x;
+    if (i < count) w[j] = kStreaming ? __ldcs(src + i) : src[i];
+  }
+#pragma unroll
+  for (int j = 0; j < kWords; ++j) {
+    const std::size_t i = base + static_cast<std::size_t>(j) * blockDim.x;
+    if (i < count) {
+      if (kStreaming) {
+        __stcs(dst + i, w[j]);
+      } else {
+        dst[i] = w[j];
+      }
+    }
+  }
+}
+
+// The bytes of one fused layer call moved by a copy: the first read_blocks blocks read the text K/V
+// and the ip K/V once (kept alive by a data-dependent store to `sink` that never happens for the
+// benchmark's data), the others copy q to out one 16-byte word per thread. The K/V blocks come
+// first, as the attention kernel requests K/V before q.
+struct ReadSegments {
+  const uint4* data[3];
+  std::size_t words[3];
+};
+
+__global__ void move_layer_bytes_kernel(const uint4* __restrict__ q, uint4* __restrict__ out,
+                                        std::size_t q_words, ReadSegments reads,
+                                        unsigned read_blocks, unsigned* sink) {
+  kernels::wait_for_previous_grid();
+  kernels::allow_next_grid();
+  if (blockIdx.x < read_blocks) {
+    std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x;
+    for (int seg = 0; seg < 3; ++seg) {
+      if (i < reads.words[seg]) {
+        const uint4 w = reads.data[seg][i];
+        if ((w.x & w.y & w.z & w.w) == 0xFFFFFFFFu) *sink = w.x;
+        return;
+      }
+      i -= reads.words[seg];
+    }
+    return;
+  }
+  const std::size_t i = (blockIdx.x - read_blocks) * std::size_t{blockDim.x} + threadIdx.x;
+  if (i < q_words) out[i] = q[i];
+}
+
 // The floor of the step's shape: every layer's q copied to its out by its own kernel (70 kernels
-// in one graph, one wave each), no attention; plain launches and early (programmatic dependent)
-// launches. What separates it from the one-kernel copy ceiling is the cost of 70 kernel
-// boundaries, which the fused step pays too.
+// in one graph), no attention; plain launches and early (programmatic dependent) launches. What
+// separates it from the one-kernel copy ceiling is the cost of 70 kernel boundaries, which the
+// fused step pays too. The grid-stride copy (4 CTAs of 512 threads per SM) is the probe of the
+// earlier measurements; a grid of one word per thread is the faster copy, and with the K/V reads
+// added it moves exactly the fused step's bytes. --tune adds more words per thread.
 void bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
   int device = 0, sms = 0, major = 0;
   check_cuda(cudaGetDevice(&device), "device");
   check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "sms");
   check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cc");
-  double bytes = 0;
-  for (const Layer& l : layers) bytes += 2.0 * l.q.bytes();
+  double q_out_bytes = 0, fused_bytes = 0;
+  for (const Layer& l : layers) {
+    q_out_bytes += 2.0 * l.q.bytes();
+    fused_bytes += l.bytes(true);
+  }
+  const auto time_graph = [&](const std::string& name, double bytes,
+                              const std::function<void()>& enqueue) {
+    cudaGraphExec_t exec = capture(stream, enqueue);
+    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+    row(name, s, bytes, ", \"layers\": 70");
+    cudaGraphExecDestroy(exec);
+  };
+  const auto words_of = [](const DeviceBuffer& b) { return b.bytes() / sizeof(uint4); };
+  const std::string name = "probe_sdxl_step_q_to_out_copy_70_kernels";
   for (bool early : {false, true}) {
     if (early && major < 9) continue;  // programmatic dependent launch needs sm_90
-    cudaGraphExec_t exec = capture(stream, [&] {
+    time_graph(name + (early ? "_early_launch" : ""), q_out_bytes, [&] {
       for (const Layer& l : layers) {
         const auto* src = static_cast<const uint4*>(l.q.data());
         auto* dst = static_cast<uint4*>(l.out.data());
-        const std::size_t count = l.q.bytes() / sizeof(uint4);
         const dim3 grid(static_cast<unsigned>(sms) * 4), block(512);
         check_cuda(early ? kernels::launch_kernel(true, copy_rows_kernel<true>, grid, block, 0,
-                                                  stream, src, dst, count)
+                                                  stream, src, dst, words_of(l.q))
                          : kernels::launch_kernel(false, copy_rows_kernel<false>, grid, block, 0,
-                                                  stream, src, dst, count),
+                                                  stream, src, dst, words_of(l.q)),
                    "copy launch");
       }
     });
-    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
-    row(std::string("probe_sdxl_step_q_to_out_copy_70_kernels") + (early ? "_early_launch" : ""), s,
-        bytes, ", \"layers\": 70");
-    cudaGraphExecDestroy(exec);
   }
+  if (major < 9) return;
+  const auto blocks = [](std::size_t words, std::size_t per_block) {
+    return static_cast<unsigned>((words + per_block - 1) / per_block);
+  };
+  const auto words_probe = [&](auto kernel, int words, int threads, const std::string& suffix) {
+    time_graph(name + "_early_launch_" + suffix, q_out_bytes, [&] {
+      for (const Layer& l : layers) {
+        const std::size_t per_block = static_cast<std::size_t>(threads) * words;
+        check_cuda(
+            kernels::launch_kernel(true, kernel, dim3(blocks(words_of(l.q), per_block)),
+                                   dim3(threads), 0, stream, static_cast<const uint4*>(l.q.data()),
+                                   static_cast<uint4*>(l.out.data()), words_of(l.q)),
+            "copy launch");
+      }
+    });
+  };
+  words_probe(copy_words_kernel<1, false>, 1, 256, "one_word_per_thread");
+  DeviceBuffer sink(sizeof(unsigned));
+  time_graph("probe_sdxl_step_fused_bytes_70_kernels_early_launch", fused_bytes, [&] {
+    for (const Layer& l : layers) {
+      // The ip K/V rows of cond and uncond, 16 tokens each, as the fused step counts them.
+      const ReadSegments reads{
+          {static_cast<const uint4*>(l.k.data()), static_cast<const uint4*>(l.v.data()),
+           static_cast<const uint4*>(l.ip.data())},
+          {words_of(l.k), words_of(l.v), words_of(l.ip)}};
+      const unsigned read_blocks = blocks(words_of(l.k) + words_of(l.v) + words_of(l.ip), 256);
+      check_cuda(kernels::launch_kernel(true, move_layer_bytes_kernel,
+                                        dim3(read_blocks + blocks(words_of(l.q), 256)), dim3(256),
+                                        0, stream, static_cast<const uint4*>(l.q.data()),
+                                        static_cast<uint4*>(l.out.data()), words_of(l.q), reads,
+                                        read_blocks, sink.as<unsigned>()),
+                 "copy launch");
+    }
+  });
+  if (!g_tune) return;
+  words_probe(copy_words_kernel<1, false>, 1, 128, "one_word_per_thread_t128");
+  words_probe(copy_words_kernel<1, false>, 1, 512, "one_word_per_thread_t512");
+  words_probe(copy_words_kernel<2, false>, 2, 256, "two_words_per_thread");
+  words_probe(copy_words_kernel<4, false>, 4, 256, "four_words_per_thread");
+  words_probe(copy_words_kernel<8, false>, 8, 256, "eight_words_per_thread");
+  words_probe(copy_words_kernel<1, true>, 1, 256, "one_word_per_thread_streaming");
+  words_probe(copy_words_kernel<4, true>, 4, 256, "four_words_per_thread_streaming");
 }
 
 void bench_step(cudaStream_t stream) {
