@@ -25,6 +25,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/cuda_check.hpp"
@@ -110,6 +111,15 @@ cudaGraphExec_t capture(cudaStream_t stream, const std::function<void()>& enqueu
   check_cuda(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
   cudaGraphDestroy(graph);
   return exec;
+}
+
+// time_it over launches of a graph of whatever `enqueue` puts on the stream.
+Stats time_graph(cudaStream_t stream, const std::function<void()>& enqueue, int inner = 1) {
+  cudaGraphExec_t exec = capture(stream, enqueue);
+  const Stats s = time_it(
+      stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); }, inner);
+  cudaGraphExecDestroy(exec);
+  return s;
 }
 
 // One attn2 layer call with its own buffers.
@@ -239,6 +249,9 @@ __global__ void copy_words_kernel(const uint4* __restrict__ src, uint4* __restri
   }
 }
 
+template <int kWords>
+using WordsPerThread = std::integral_constant<int, kWords>;
+
 // The bytes of one fused layer call moved by a copy: the first read_blocks blocks read the text K/V
 // and the ip K/V once (kept alive by a data-dependent store to `sink` that never happens for the
 // benchmark's data), the others copy q to out one 16-byte word per thread. The K/V blocks come
@@ -286,19 +299,17 @@ double bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
     q_out_bytes += 2.0 * l.q.bytes();
     fused_bytes += l.bytes(true);
   }
-  const auto time_graph = [&](const std::string& name, double bytes,
-                              const std::function<void()>& enqueue) {
-    cudaGraphExec_t exec = capture(stream, enqueue);
-    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+  const auto time_row = [&](const std::string& name, double bytes,
+                            const std::function<void()>& enqueue) {
+    const Stats s = time_graph(stream, enqueue);
     row(name, s, bytes, ", \"layers\": 70");
-    cudaGraphExecDestroy(exec);
     return s.median_ms;
   };
   const auto words_of = [](const DeviceBuffer& b) { return b.bytes() / sizeof(uint4); };
   const std::string name = "probe_sdxl_step_q_to_out_copy_70_kernels";
   for (bool early : {false, true}) {
     if (early && major < 9) continue;  // programmatic dependent launch needs sm_90
-    time_graph(name + (early ? "_early_launch" : ""), q_out_bytes, [&] {
+    time_row(name + (early ? "_early_launch" : ""), q_out_bytes, [&] {
       for (const Layer& l : layers) {
         const auto* src = static_cast<const uint4*>(l.q.data());
         auto* dst = static_cast<uint4*>(l.out.data());
@@ -315,10 +326,14 @@ double bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
   const auto blocks = [](std::size_t words, std::size_t per_block) {
     return static_cast<unsigned>((words + per_block - 1) / per_block);
   };
-  const auto words_probe = [&](auto kernel, int words, int threads, const std::string& suffix) {
-    time_graph(name + "_early_launch_" + suffix, q_out_bytes, [&] {
+  // copy_words_kernel<kWords, kStreaming> with `threads` per CTA (WordsPerThread<kWords>,
+  // std::true_type / std::false_type), so that the grid follows the kernel's words per thread.
+  const auto words_probe = [&](auto words, auto streaming, int threads, const std::string& suffix) {
+    constexpr int kWords = decltype(words)::value;
+    const auto kernel = copy_words_kernel<kWords, decltype(streaming)::value>;
+    time_row(name + "_early_launch_" + suffix, q_out_bytes, [&] {
       for (const Layer& l : layers) {
-        const std::size_t per_block = static_cast<std::size_t>(threads) * words;
+        const std::size_t per_block = static_cast<std::size_t>(threads) * kWords;
         check_cuda(
             kernels::launch_kernel(true, kernel, dim3(blocks(words_of(l.q), per_block)),
                                    dim3(threads), 0, stream, static_cast<const uint4*>(l.q.data()),
@@ -327,7 +342,7 @@ double bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
       }
     });
   };
-  words_probe(copy_words_kernel<1, false>, 1, 256, "one_word_per_thread");
+  words_probe(WordsPerThread<1>{}, std::false_type{}, 256, "one_word_per_thread");
   DeviceBuffer sink(sizeof(unsigned));
   const auto move_step_bytes = [&] {
     for (const Layer& l : layers) {
@@ -345,16 +360,16 @@ double bench_copy_step(const std::vector<Layer>& layers, cudaStream_t stream) {
                  "copy launch");
     }
   };
-  const double bytes_moved_ms = time_graph("probe_sdxl_step_fused_bytes_70_kernels_early_launch",
-                                           fused_bytes, move_step_bytes);
+  const double bytes_moved_ms =
+      time_row("probe_sdxl_step_fused_bytes_70_kernels_early_launch", fused_bytes, move_step_bytes);
   if (!g_tune) return bytes_moved_ms;
-  words_probe(copy_words_kernel<1, false>, 1, 128, "one_word_per_thread_t128");
-  words_probe(copy_words_kernel<1, false>, 1, 512, "one_word_per_thread_t512");
-  words_probe(copy_words_kernel<2, false>, 2, 256, "two_words_per_thread");
-  words_probe(copy_words_kernel<4, false>, 4, 256, "four_words_per_thread");
-  words_probe(copy_words_kernel<8, false>, 8, 256, "eight_words_per_thread");
-  words_probe(copy_words_kernel<1, true>, 1, 256, "one_word_per_thread_streaming");
-  words_probe(copy_words_kernel<4, true>, 4, 256, "four_words_per_thread_streaming");
+  words_probe(WordsPerThread<1>{}, std::false_type{}, 128, "one_word_per_thread_t128");
+  words_probe(WordsPerThread<1>{}, std::false_type{}, 512, "one_word_per_thread_t512");
+  words_probe(WordsPerThread<2>{}, std::false_type{}, 256, "two_words_per_thread");
+  words_probe(WordsPerThread<4>{}, std::false_type{}, 256, "four_words_per_thread");
+  words_probe(WordsPerThread<8>{}, std::false_type{}, 256, "eight_words_per_thread");
+  words_probe(WordsPerThread<1>{}, std::true_type{}, 256, "one_word_per_thread_streaming");
+  words_probe(WordsPerThread<4>{}, std::true_type{}, 256, "four_words_per_thread_streaming");
   return bytes_moved_ms;
 }
 
@@ -369,10 +384,9 @@ void bench_step(cudaStream_t stream) {
   for (bool with_ip : {true, false}) {
     double bytes = 0;
     for (const Layer& l : layers) bytes += l.bytes(with_ip);
-    cudaGraphExec_t exec = capture(stream, [&] {
+    const Stats s = time_graph(stream, [&] {
       for (const Layer& l : layers) launch(l, with_ip, stream);
     });
-    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
     const double floor_ms = bytes / (g_copy_gbs * 1e9) * 1e3;
     char extra[320];
     std::snprintf(extra, sizeof extra,
@@ -386,21 +400,19 @@ void bench_step(cudaStream_t stream) {
                     bytes_moved_ms, s.median_ms / bytes_moved_ms);
     }
     row(with_ip ? "sdxl_step_attn2_fused" : "sdxl_step_attn2_text_only", s, bytes, extra);
-    cudaGraphExecDestroy(exec);
   }
 }
 
 // Resident-variant tiles (warps per CTA × 16-row blocks per warp) on the whole step.
 template <int kWarps, int kGroups, bool kSingle = true, int kSmWarps = 16>
 void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double bytes) {
-  cudaGraphExec_t exec = capture(stream, [&] {
+  const Stats s = time_graph(stream, [&] {
     for (const Layer& l : layers) {
       check_cuda(kernels::launch_resident_attention<__half, 64, kWarps, kGroups, kSingle, kSmWarps>(
                      l.params, stream),
                  "tune launch");
     }
   });
-  const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
   char extra[96];
   std::snprintf(extra, sizeof extra,
                 ", \"warps\": %d, \"row_blocks_per_warp\": %d, \"one_pass\": %s, \"sm_warps\": %d",
@@ -408,7 +420,6 @@ void tune_step(const std::vector<Layer>& layers, cudaStream_t stream, double byt
   row("tune_sdxl_step_fused_w" + std::to_string(kWarps) + "_g" + std::to_string(kGroups) +
           (kSingle ? "_onepass" : "_online") + "_occ" + std::to_string(kSmWarps),
       s, bytes, extra);
-  cudaGraphExecDestroy(exec);
 }
 
 // Persistent-variant tiles (warps per CTA × q tiles in flight per warp × CTAs per SM; kWarpGroup:
@@ -421,14 +432,13 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
                      bool early = true, const std::string& suffix = "") {
   using Tile = kernels::PersistentTile<64, kWarps, kStages, kCtasPerSm, kMmaTiles, kWarpGroup>;
   if (kWarpGroup && !kernels::warpgroup_attention_available()) return;
-  cudaGraphExec_t exec = capture(stream, [&] {
+  const Stats s = time_graph(stream, [&] {
     for (const Layer& l : layers) {
       check_cuda(
           kernels::launch_persistent_attention<__half, Tile, kProbe>(l.params, stream, 0, early),
           "tune launch");
     }
   });
-  const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
   char extra[160];
   std::snprintf(extra, sizeof extra,
                 ", \"warps\": %d, \"stages\": %d, \"ctas_per_sm\": %d, \"rows_per_warp\": %d, "
@@ -443,7 +453,6 @@ void tune_persistent(const std::vector<Layer>& layers, cudaStream_t stream, doub
                          : "") +
           (early ? "" : "_no_early_launch") + suffix,
       s, bytes, extra);
-  cudaGraphExecDestroy(exec);
 }
 
 // Timeline of the default persistent kernel over the 70-layer step (probe 4: every warp records
@@ -581,18 +590,18 @@ void bench_layers(cudaStream_t stream) {
     for (int i = 0; i < sets; ++i) layers.push_back(make_layer(n, w, batch, text, 100 + 13 * i));
     check_cuda(cudaDeviceSynchronize(), "fill");
     for (bool with_ip : {true, false}) {
-      cudaGraphExec_t exec = capture(stream, [&] {
-        for (const Layer& l : layers) launch(l, with_ip, stream);
-      });
-      const Stats s = time_it(
-          stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); }, sets);
+      const Stats s = time_graph(
+          stream,
+          [&] {
+            for (const Layer& l : layers) launch(l, with_ip, stream);
+          },
+          sets);
       char extra[160];
       std::snprintf(extra, sizeof extra, ", \"N\": %d, \"C\": %d, \"batch\": 2, \"ip_tokens\": %d",
                     n, w, with_ip ? 16 : 0);
       row(std::string("layer_") + (w == 640 ? "4096x640" : "1024x1280") +
               (with_ip ? "_fused" : "_text_only"),
           s, layers[0].bytes(with_ip), extra);
-      cudaGraphExecDestroy(exec);
     }
   }
 }
@@ -665,12 +674,10 @@ void bench_resampler(cudaStream_t stream) {
     DeviceBuffer x(static_cast<std::size_t>(batch) * layout.embed_dim * 4);
     DeviceBuffer y(static_cast<std::size_t>(batch) * 16 * d_out * 4);
     check_cuda(cudaMemset(x.data(), 0, x.bytes()), "memset");
-    cudaGraphExec_t exec =
-        capture(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
-    const Stats s = time_it(stream, [&] { check_cuda(cudaGraphLaunch(exec, stream), "graph"); });
+    const Stats s =
+        time_graph(stream, [&] { gpu.run(x.as<float>(), batch, 1, y.as<float>(), stream); });
     row(name, s, weight_bytes,
         ", \"batch\": 2, \"dtype\": \"" + dtype + "\", \"note\": \"bytes = weights read\"");
-    cudaGraphExecDestroy(exec);
   }
 }
 
