@@ -125,15 +125,24 @@ std::vector<float> naive_fp32(const Problem& p) {
   return y;
 }
 
+DeviceBuffer upload(const std::vector<float>& v) {
+  DeviceBuffer d(v.size() * 4);
+  REQUIRE(cudaMemcpy(d.data(), v.data(), d.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+  return d;
+}
+
+std::vector<float> download_all(const DeviceBuffer& d) {
+  std::vector<float> v(d.bytes() / 4);
+  REQUIRE(cudaMemcpy(v.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return v;
+}
+
 // Device copies of a problem; c has kGuard poisoned floats after it, and is poisoned (NaN) itself
 // when beta == 0 (the kernel must not read it then).
 struct DeviceProblem {
   DeviceBuffer a, w, b, c;
   explicit DeviceProblem(const Problem& p)
-      : a(p.a.size() * 4), w(p.w.size() * 4), b(p.b.size() * 4), c((p.c0.size() + kGuard) * 4) {
-    REQUIRE(cudaMemcpy(a.data(), p.a.data(), a.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
-    REQUIRE(cudaMemcpy(w.data(), p.w.data(), w.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
-    REQUIRE(cudaMemcpy(b.data(), p.b.data(), b.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
+      : a(upload(p.a)), w(upload(p.w)), b(upload(p.b)), c((p.c0.size() + kGuard) * 4) {
     reset(p);
   }
   void reset(const Problem& p) {
@@ -742,22 +751,6 @@ TEST_CASE("skinny GEMM with a folded LayerNorm matches fp64 within 2x naive fp32
                       Catch::Contains("eps: got 0"));
   cudaStreamDestroy(stream);
 }
-
-namespace {
-
-DeviceBuffer upload(const std::vector<float>& v) {
-  DeviceBuffer d(v.size() * 4);
-  REQUIRE(cudaMemcpy(d.data(), v.data(), d.bytes(), cudaMemcpyHostToDevice) == cudaSuccess);
-  return d;
-}
-
-std::vector<float> download_all(const DeviceBuffer& d) {
-  std::vector<float> v(d.bytes() / 4);
-  REQUIRE(cudaMemcpy(v.data(), d.data(), d.bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
-  return v;
-}
-
-}  // namespace
 
 TEST_CASE("skinny GEMM and its cuBLAS fallback read beta·C from c_in", "[cuda][skinny_gemm]") {
   for (int m : {32, 80}) {  // the skinny kernel; past its 64 rows, cuBLAS
